@@ -1,0 +1,351 @@
+"""Self-speculative decoding over one sequence: draft with the first L layers, verify with the full model,
+accept, commit, crop. One step reads top to bottom in `SelfSpeculativeDecoder.step`.
+
+State between steps (DESIGN.md section 1): committed tokens ``x_1..x_n``; one KV cache holding every layer
+for ``x_1..x_{n-1}``; the *pending* token ``x_n`` (chosen by the full model, not yet processed by any layer).
+
+A step with action ``(L, k)``:
+  1. draft:  feed ``x_n, d_1, .., d_{k-1}`` through layers ``0..L-1`` (+ exit head, final norm, LM head),
+             one token at a time, appending to those layers' cache; this yields ``d_1..d_k``.
+  2. verify: layers ``0..L-1`` already hold ``x_n, d_1..d_{k-1}``, so they process only ``d_k``; layers
+             ``L..N-1`` then process all ``k + 1`` positions from the saved layer-L hidden states.
+  3. accept: greedy: the longest prefix with ``d_i == argmax p_full``; sampling: the speculative-sampling
+             rule, whose output distribution is exactly the full model's.
+  4. commit: accepted drafts plus one full-model token (correction or bonus) are produced; every layer's
+             cache is cropped to the committed length minus one.
+``k == 0`` is a plain autoregressive step. The engine always drafts the full (budget-clipped) ``k``, also past
+an EOS draft: that keeps the work of a step a function of the committed prefix, which replay relies on.
+
+The engine knows nothing of RL: the environment turns `StepResult` into observations and rewards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from lede_env.engine.limits import max_draft_length
+
+
+class HeadsLike(Protocol):
+    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...
+
+
+class _IdentityHeads:
+    kind = "identity"
+
+    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding rule. ``temperature == 0`` is greedy; otherwise speculative sampling with temperature and
+    nucleus (top-p) warping applied alike to the draft and the full model."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's outcome. Per-position quantities cover only the committed prefix of the step (the
+    verified positions ``0..accepted``), so a trace reproduces them exactly."""
+
+    exit_layer: int
+    k_requested: int
+    drafted: int
+    accepted: int
+    tokens: tuple[int, ...]           # produced: accepted drafts, then the correction or bonus token
+    draft_time: float                 # seconds spent drafting
+    verify_time: float                # seconds spent verifying, accepting and committing
+    full_maxprob: tuple[float, ...]   # full model's max probability at verified positions 0..produced-1
+    full_entropy: tuple[float, ...]   # full model's entropy (nats) at the same positions
+    draft_maxprob: tuple[float, ...]  # draft's max probability of d_1..d_{min(accepted+1, drafted)}
+    probe_cos: tuple[float, ...]      # cos(h_l, h_N) at the last committed verified position, l in probes
+    finished: bool                    # EOS produced or max_new_tokens reached
+    truncated: bool                   # the context window is full
+
+    @property
+    def produced(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def time(self) -> float:
+        return self.draft_time + self.verify_time
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """argmax, max probability and entropy (nats) of logits [..., V], in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    maxlogp, arg = logp.max(dim=-1)
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    return arg, maxlogp.exp(), entropy
+
+
+class SelfSpeculativeDecoder:
+    """Exact self-speculative decoding of one sequence with a Hugging Face Llama model.
+
+    Args:
+        model: a ``LlamaForCausalLM`` (eval mode; its weights are never changed).
+        exit_heads: object with ``apply(layer, h)`` mapping ``h_L`` before the final norm (default identity:
+            the plain LayerSkip early exit).
+        eos_token_id: token (or tokens) that end a generation.
+        probe_layers: layers whose hidden state's cosine similarity to the final one is reported per step.
+        sampling: `SamplingConfig`; greedy by default.
+        max_context: context window in tokens (default: the model's ``max_position_embeddings``).
+    """
+
+    def __init__(self, model, exit_heads: HeadsLike | None = None, eos_token_id: int | Sequence[int] | None = None,
+                 probe_layers: Sequence[int] = (), sampling: SamplingConfig | None = None,
+                 max_context: int | None = None):
+        self.model = model
+        self.layers = model.model.layers
+        self.num_layers = len(self.layers)
+        self.heads = exit_heads if exit_heads is not None else _IdentityHeads()
+        self.device = next(model.parameters()).device
+        eos = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        for layer in probe_layers:
+            self._check_layer(layer, "probe layer")
+        self.probe_layers = tuple(int(x) for x in probe_layers)
+        self.sampling = sampling or SamplingConfig()
+        limit = model.config.max_position_embeddings
+        self.max_context = int(max_context or limit)
+        if not 2 <= self.max_context <= limit:
+            raise ValueError(f"max_context must be in 2..{limit} (the model's window), got {max_context}.")
+        self._gen = torch.Generator(device=self.device).manual_seed(self.sampling.seed)
+        self.tokens: list[int] = []
+        self.prompt_len = 0
+        self.max_new_tokens = 0
+        self.done = True
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def generated(self) -> list[int]:
+        """Generated tokens so far (the pending one included)."""
+        return self.tokens[self.prompt_len:]
+
+    def start(self, prompt_ids: Sequence[int], max_new_tokens: int) -> float:
+        """Prefill the prompt; the full model's first token becomes the pending token. Returns seconds."""
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids:
+            raise ValueError("The prompt is empty: give at least one token.")
+        if len(prompt_ids) >= self.max_context:
+            raise ValueError(f"The prompt has {len(prompt_ids)} tokens but the context window holds "
+                             f"{self.max_context}, and at least one position must stay free for generation. "
+                             "Shorten the prompt or raise max_context.")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        self.cache = DynamicCache(config=self.model.config)
+        self._gen.manual_seed(self.sampling.seed)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            x = torch.tensor([prompt_ids], device=self.device)
+            h = self._run_layers(self.model.model.embed_tokens(x), 0, self.num_layers, len(prompt_ids))[0]
+            logits = self._logits(h[:, -1])
+            first = int(self._pick(logits)[0])
+        _sync(self.device)
+        self.tokens = prompt_ids + [first]
+        self.prompt_len = len(prompt_ids)
+        self.max_new_tokens = int(max_new_tokens)
+        self.done = first in self.eos_ids or max_new_tokens == 1 or len(self.tokens) >= self.max_context
+        return time.perf_counter() - t0
+
+    def max_k(self) -> int:
+        """Largest speculation length the budget and the context allow now."""
+        return max_draft_length(self.max_new_tokens - len(self.generated), self.max_context - len(self.tokens))
+
+    def step(self, exit_layer: int, k: int) -> StepResult:
+        """One self-speculative step with exit layer ``exit_layer`` and speculation length ``k``."""
+        self._check_layer(exit_layer, "exit layer")
+        if k < 0:
+            raise ValueError(f"Speculation length k must be >= 0 (0 = plain autoregressive step), got {k}.")
+        if self.done:
+            raise RuntimeError("The generation is finished; call start() with a new prompt.")
+        L, N = int(exit_layer), self.num_layers
+        k_eff = min(int(k), self.max_k())
+        n = len(self.tokens)          # committed, the pending token included; the cache holds n - 1
+        pending = self.tokens[-1]
+        greedy = self.sampling.greedy
+        _sync(self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            # 1. Draft: k tokens from layers 0..L-1, one at a time, keeping each pass's layer-L state.
+            drafts: list[int] = []
+            draft_hidden: list[torch.Tensor] = []   # h_L of inputs x_n, d_1..d_{k-1}
+            draft_probes: list[dict[int, torch.Tensor]] = []
+            draft_logits: list[torch.Tensor] = []
+            token = pending
+            for _ in range(k_eff):
+                h, probes = self._run_layers(self._embed(token), 0, L, 1)
+                draft_hidden.append(h)
+                draft_probes.append(probes)
+                logits = self._logits(self.heads.apply(L, h[:, -1]))
+                draft_logits.append(logits[0])
+                token = int(self._pick(logits)[0])
+                drafts.append(token)
+            _sync(self.device)
+            t1 = time.perf_counter()
+
+            # 2. Verify: layers 0..L-1 process only d_k; layers L..N-1 process [x_n, d_1..d_k].
+            if k_eff == 0:
+                h_final, probes_v = self._run_layers(self._embed(pending), 0, N, 1)
+                probe_rows = [probes_v]
+            else:
+                h_last, probes_last = self._run_layers(self._embed(drafts[-1]), 0, L, 1)
+                h_L = torch.cat(draft_hidden + [h_last], dim=1)
+                h_final, probes_upper = self._run_layers(h_L, L, N, k_eff + 1)
+                probe_rows = [{**p, **{l: v[:, i:i + 1] for l, v in probes_upper.items()}}
+                              for i, p in enumerate(draft_probes + [probes_last])]
+            full_logits = self._logits(h_final[0])                       # [k+1, V]
+
+            # 3. Accept.
+            if greedy:
+                targets = full_logits.argmax(dim=-1).tolist()
+                m = 0
+                while m < k_eff and drafts[m] == targets[m]:
+                    m += 1
+                produced = drafts[:m] + [targets[m]]
+            else:
+                m, last = self._accept_sampled(drafts, draft_logits, full_logits)
+                produced = drafts[:m] + [last]
+
+            # 4. Commit: cut at EOS, append, crop every layer's cache to the committed length minus one.
+            for i, tok in enumerate(produced):
+                if tok in self.eos_ids:
+                    produced = produced[: i + 1]
+                    break
+            accepted = min(m, len(produced))
+            self.tokens.extend(produced)
+            self._crop(len(self.tokens) - 1)
+
+            # Features on the committed prefix: verified positions 0..last (last produced the final
+            # token; last == m unless an EOS cut the step short) and drafts d_1..d_{last+1}.
+            last = len(produced) - 1
+            _, maxp, ent = _confidence(full_logits[: last + 1])
+            d_conf = [float(_confidence(dl)[1]) for dl in draft_logits[: min(last + 1, k_eff)]]
+            h_ref = h_final[0, last].float()
+            probe_cos = tuple(float(torch.nn.functional.cosine_similarity(
+                probe_rows[last][l][0, -1].float(), h_ref, dim=0)) for l in self.probe_layers)
+        _sync(self.device)
+        t2 = time.perf_counter()
+
+        hit_eos = produced[-1] in self.eos_ids
+        finished = hit_eos or len(self.generated) >= self.max_new_tokens
+        truncated = not finished and len(self.tokens) >= self.max_context
+        self.done = finished or truncated
+        return StepResult(
+            exit_layer=L, k_requested=int(k), drafted=k_eff, accepted=accepted, tokens=tuple(produced),
+            draft_time=t1 - t0, verify_time=t2 - t1, full_maxprob=tuple(maxp.tolist()),
+            full_entropy=tuple(ent.tolist()), draft_maxprob=tuple(d_conf), probe_cos=probe_cos,
+            finished=finished, truncated=truncated)
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 actions: Sequence[tuple[int, int]] | None = None, exit_layer: int = 1, k: int = 0
+                 ) -> tuple[list[int], list[StepResult]]:
+        """Decode to the end. ``actions`` cycles through a sequence of (L, k); else the static (exit_layer, k)."""
+        self.start(prompt_ids, max_new_tokens)
+        results = []
+        i = 0
+        while not self.done:
+            L, kk = actions[i % len(actions)] if actions else (exit_layer, k)
+            results.append(self.step(L, kk))
+            i += 1
+        return list(self.generated), results
+
+    def cache_lengths(self) -> list[int]:
+        """Per-layer KV-cache length (for the invariant: committed length minus one)."""
+        return [self.cache.layers[i].get_seq_length() if i < len(self.cache.layers) else 0
+                for i in range(self.num_layers)]
+
+    # ------------------------------------------------------------------ internals
+    def _check_layer(self, layer: int, what: str) -> None:
+        if not isinstance(layer, (int,)) and not hasattr(layer, "__index__"):
+            raise ValueError(f"The {what} must be an integer, got {layer!r}.")
+        if not 1 <= int(layer) <= self.num_layers - 1:
+            raise ValueError(f"The {what} {layer} is out of range: this model has {self.num_layers} layers, so "
+                             f"exits run from 1 to {self.num_layers - 1} (use k=0 for a full-model step).")
+
+    def _embed(self, token: int) -> torch.Tensor:
+        return self.model.model.embed_tokens(torch.tensor([[token]], device=self.device))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.model.norm(h))
+
+    def _run_layers(self, h: torch.Tensor, start: int, stop: int, q: int
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run layers ``start..stop-1`` on ``q`` new positions appended after their cached prefix.
+        Returns the output and the outputs of the probe layers in the range (``h_l`` = output of layer l-1)."""
+        past = self.cache.layers[start].get_seq_length() if start < len(self.cache.layers) else 0
+        positions = torch.arange(past, past + q, device=self.device)[None]
+        pos_emb = self.model.model.rotary_emb(h, positions)
+        mask = None
+        if q > 1 and past > 0:   # SDPA's is_causal aligns top-left: give the mask explicitly
+            mask = torch.ones(q, past + q, dtype=torch.bool, device=self.device).tril(past)[None, None]
+        probes: dict[int, torch.Tensor] = {}
+        for i in range(start, stop):
+            h = self.layers[i](h, attention_mask=mask, position_ids=positions, cache=self.cache,
+                               use_cache=True, position_embeddings=pos_emb)
+            if i + 1 in self.probe_layers:
+                probes[i + 1] = h
+        return h, probes
+
+    def _crop(self, length: int) -> None:
+        for layer in self.cache.layers:
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
+
+    def _warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities after temperature and top-p."""
+        probs = torch.softmax(logits.float() / self.sampling.temperature, dim=-1)
+        if self.sampling.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(dim=-1) - sorted_p < self.sampling.top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.sampling.greedy:
+            return logits.argmax(dim=-1)
+        return torch.multinomial(self._warp(logits), 1, generator=self._gen).squeeze(-1)
+
+    def _accept_sampled(self, drafts: list[int], draft_logits: list[torch.Tensor], full_logits: torch.Tensor
+                        ) -> tuple[int, int]:
+        """Speculative sampling: accept d_i with prob min(1, p/q); on rejection sample norm(max(0, p - q));
+        if all are accepted sample the bonus from p. Returns (accepted count, final token)."""
+        p = self._warp(full_logits)
+        for i, d in enumerate(drafts):
+            q = self._warp(draft_logits[i])
+            u = torch.rand((), generator=self._gen, device=self.device)
+            if u * q[d] <= p[i, d]:
+                continue
+            residual = torch.clamp(p[i] - q, min=0)
+            total = residual.sum()
+            residual = residual / total if total > 0 else p[i]
+            return i, int(torch.multinomial(residual, 1, generator=self._gen))
+        return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=self._gen))

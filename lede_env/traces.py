@@ -1,0 +1,182 @@
+"""Traces: one prompt's greedy continuation recorded once with the real model, enough to replay the
+outcome of *any* sequence of (exit layer, speculation length) actions without the model.
+
+Positions. The continuation is ``g_0 .. g_{T-1}``: ``g_0`` is the token chosen by the prefill, ``g_{T-1}``
+is EOS or the last token the ``max_new_tokens`` budget allows. When a step starts, ``g_0..g_t`` are
+committed and ``g_t`` is the *pending* token (no layer has processed it yet). Row ``t`` of every
+per-position array describes the forward pass whose input is ``g_t`` (it predicts ``g_{t+1}``), so arrays
+have ``T - 1`` rows.
+
+Exactness argument (DESIGN.md section 2): under greedy decoding, drafting at exit ``L`` from pending
+``g_t`` proposes ``d_1 = draft_tokens[t, L]``; while ``d_i == g_{t+i}`` the draft's prefix equals the greedy
+prefix, so ``d_{i+1} = draft_tokens[t+i, L]``. Drafts past the first mismatch are rejected whatever they
+are, and the engine always drafts the full (budget-clipped) ``k``, so the accepted count, the tokens
+produced and the work done are all known from the trace.
+
+This module is pure numpy: the replay backend, the oracle and the agents use it without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lede_env.engine.limits import max_draft_length
+
+TRACE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step does on a trace: drafted tokens, accepted drafts and tokens produced."""
+
+    drafted: int
+    accepted: int
+    produced: int
+    finished: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """One prompt's recorded greedy continuation and per-position, per-exit-layer quantities.
+
+    Arrays (``T`` continuation tokens, ``J`` candidate exit layers, ``P`` probe layers):
+      tokens        int64 [T]        greedy continuation g_0..g_{T-1}
+      draft_tokens  int64 [T-1, J]   early-exit argmax at layer exit_layers[j] from input g_t
+      draft_maxprob f32   [T-1, J]   that prediction's max probability
+      full_maxprob  f32   [T-1]      full model's max probability from input g_t
+      full_entropy  f32   [T-1]      full model's entropy (nats) from input g_t
+      probe_cos     f32   [T-1, P]   cosine(h_l, h_N) at input g_t for l in probe_layers
+    Scalars: ``prompt_ids`` (the tokens fed, after any chat template), ``eos`` (whether g_{T-1} is EOS),
+    ``max_new_tokens`` and ``max_context`` (the limits the recording ran under).
+    """
+
+    prompt_index: int
+    prompt_ids: np.ndarray
+    tokens: np.ndarray
+    exit_layers: tuple[int, ...]
+    probe_layers: tuple[int, ...]
+    draft_tokens: np.ndarray
+    draft_maxprob: np.ndarray
+    full_maxprob: np.ndarray
+    full_entropy: np.ndarray
+    probe_cos: np.ndarray
+    eos: bool
+    max_new_tokens: int
+    max_context: int
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        T, J, P = len(self.tokens), len(self.exit_layers), len(self.probe_layers)
+        if T < 1:
+            raise ValueError("A trace needs at least one generated token.")
+        shapes = {"draft_tokens": (T - 1, J), "draft_maxprob": (T - 1, J), "full_maxprob": (T - 1,),
+                  "full_entropy": (T - 1,), "probe_cos": (T - 1, P)}
+        for name, shape in shapes.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"Trace field {name} has shape {getattr(self, name).shape}, expected {shape}.")
+        agree = self.draft_tokens == self.tokens[1:, None]
+        object.__setattr__(self, "agree", agree)
+        object.__setattr__(self, "run_length", _run_lengths(agree))
+
+    @property
+    def length(self) -> int:
+        """Number of generated tokens T."""
+        return len(self.tokens)
+
+    def layer_index(self, exit_layer: int) -> int:
+        """Column of ``exit_layer`` in the per-layer arrays."""
+        try:
+            return self.exit_layers.index(int(exit_layer))
+        except ValueError:
+            raise ValueError(f"Exit layer {exit_layer} was not recorded in this trace; recorded exits: "
+                             f"{list(self.exit_layers)}. Re-record with `lede trace --exit-layers ...`.") from None
+
+    def max_draft(self, t: int) -> int:
+        """Largest k the engine allows with pending g_t: the step may produce at most the tokens the
+        ``max_new_tokens`` budget and the context window have left."""
+        return max_draft_length(self.max_new_tokens - (t + 1), self.max_context - (len(self.prompt_ids) + t + 1))
+
+    def outcome(self, t: int, j: int, k: int) -> StepOutcome:
+        """Replay one greedy step from pending g_t with exit column j and requested length k."""
+        if not 0 <= t < self.length - 1:
+            raise ValueError(f"No step starts at position {t}: the trace has {self.length} tokens.")
+        drafted = min(int(k), self.max_draft(t))
+        accepted = min(int(self.run_length[t, j]), drafted) if drafted > 0 else 0
+        last = self.length - 1
+        if t + accepted >= last:  # the drafts reached the final token (EOS): no bonus token after it
+            return StepOutcome(drafted, last - t, last - t, True)
+        produced = accepted + 1
+        return StepOutcome(drafted, accepted, produced, t + produced >= last)
+
+    # ---------------------------------------------------------------- storage
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in
+                ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob", "full_entropy",
+                 "probe_cos")}
+
+    def header(self) -> dict:
+        return {"prompt_index": self.prompt_index, "exit_layers": list(self.exit_layers),
+                "probe_layers": list(self.probe_layers), "eos": self.eos, "max_new_tokens": self.max_new_tokens,
+                "max_context": self.max_context}
+
+
+def _run_lengths(agree: np.ndarray) -> np.ndarray:
+    """run[t, j] = number of consecutive True in agree[t:, j]."""
+    run = np.zeros((agree.shape[0] + 1, agree.shape[1]), dtype=np.int64)
+    for t in range(agree.shape[0] - 1, -1, -1):
+        run[t] = np.where(agree[t], run[t + 1] + 1, 0)
+    return run[:-1]
+
+
+@dataclass(frozen=True, eq=False)
+class TraceSet:
+    """The traces of one prompt set, with the metadata of their recording (model, dtype, exit heads,
+    prompt set, chat template, limits)."""
+
+    traces: tuple[Trace, ...]
+    meta: dict
+
+    def save(self, path: str | Path) -> Path:
+        """Write all traces to one compressed ``.npz`` (written to a temporary name, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, np.ndarray] = {}
+        headers = []
+        for i, tr in enumerate(self.traces):
+            for name, arr in tr.arrays().items():
+                payload[f"{i}/{name}"] = arr
+            headers.append(tr.header())
+        meta = dict(self.meta, format_version=TRACE_FORMAT_VERSION, headers=headers)
+        payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(tmp, **payload)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TraceSet":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No trace file at {path}. Record one with `lede trace --out {path}`.")
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            if meta.get("format_version") != TRACE_FORMAT_VERSION:
+                raise ValueError(f"{path} has trace format {meta.get('format_version')}, this code reads "
+                                 f"{TRACE_FORMAT_VERSION}: re-record it with `lede trace`.")
+            traces = []
+            for i, h in enumerate(meta.pop("headers")):
+                arrays = {name: data[f"{i}/{name}"] for name in
+                          ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob",
+                           "full_entropy", "probe_cos")}
+                traces.append(Trace(prompt_index=h["prompt_index"], exit_layers=tuple(h["exit_layers"]),
+                                    probe_layers=tuple(h["probe_layers"]), eos=h["eos"],
+                                    max_new_tokens=h["max_new_tokens"], max_context=h["max_context"],
+                                    meta={}, **arrays))
+        return cls(traces=tuple(traces), meta=meta)
+
+    def __len__(self) -> int:
+        return len(self.traces)
