@@ -107,6 +107,18 @@ class TinyTokenizer:
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """The tokenizer alone (for decoding replayed episodes without loading the model)."""
+    if name_or_path == TINY_MODEL:
+        return TinyTokenizer(64)
+    from transformers import AutoTokenizer
+
+    if name_or_path == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", device: str = "cpu"):
     """Load a Llama model and its tokenizer, offline.
 

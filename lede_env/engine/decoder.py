@@ -21,6 +21,7 @@ The engine knows nothing of RL: the environment turns `StepResult` into observat
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -146,8 +147,9 @@ class SelfSpeculativeDecoder:
         """Generated tokens so far (the pending one included)."""
         return self.tokens[self.prompt_len:]
 
-    def start(self, prompt_ids: Sequence[int], max_new_tokens: int) -> float:
-        """Prefill the prompt; the full model's first token becomes the pending token. Returns seconds."""
+    def start(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int | None = None) -> float:
+        """Prefill the prompt; the full model's first token becomes the pending token. Returns seconds.
+        ``seed`` reseeds the sampler (sampling only); otherwise its stream continues."""
         prompt_ids = [int(t) for t in prompt_ids]
         if not prompt_ids:
             raise ValueError("The prompt is empty: give at least one token.")
@@ -158,7 +160,8 @@ class SelfSpeculativeDecoder:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         self.cache = DynamicCache(config=self.model.config)
-        self._gen.manual_seed(self.sampling.seed)
+        if seed is not None:
+            self._gen.manual_seed(int(seed))
         _sync(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -261,6 +264,42 @@ class SelfSpeculativeDecoder:
             draft_time=t1 - t0, verify_time=t2 - t1, full_maxprob=tuple(maxp.tolist()),
             full_entropy=tuple(ent.tolist()), draft_maxprob=tuple(d_conf), probe_cos=probe_cos,
             finished=finished, truncated=truncated)
+
+    def step_with_exits(self, exit_layers: Sequence[int]) -> tuple[StepResult, list[int], list[float]]:
+        """A plain autoregressive step that also reads the early exit of every layer in ``exit_layers`` at the
+        pending token: returns the step, each exit's argmax and its max probability. Used to record traces.
+        The exits are computed exactly as a draft computes them (one row at a time); the batched pass is only
+        a shortcut taken where its top-2 margin leaves no doubt about the argmax."""
+        saved = self.probe_layers
+        self.probe_layers = tuple(sorted(set(saved) | {int(x) for x in exit_layers}))
+        captured: dict[int, torch.Tensor] = {}
+        original = self._run_layers
+
+        def run_and_capture(h, start, stop, q):
+            out, probes = original(h, start, stop, q)
+            captured.update(probes)
+            return out, probes
+
+        self._run_layers = run_and_capture  # type: ignore[method-assign]
+        try:
+            result = self.step(int(exit_layers[0]), 0)
+        finally:
+            self._run_layers = original  # type: ignore[method-assign]
+            self.probe_layers = saved
+        with torch.inference_mode():
+            rows = torch.cat([self.heads.apply(L, captured[L][:, -1]) for L in exit_layers])
+            logits = self._logits(rows)
+            top2 = logits.float().topk(2, dim=-1).values
+            args, maxp, _ = _confidence(logits)
+            for i, L in enumerate(exit_layers):
+                if float(top2[i, 0] - top2[i, 1]) < 1e-3 * max(1.0, float(top2[i, 0].abs())):
+                    single = self._logits(self.heads.apply(L, captured[L][:, -1]))[0]
+                    a, p, _ = _confidence(single)
+                    args[i], maxp[i] = a, p
+        union = tuple(sorted(set(saved) | {int(x) for x in exit_layers}))
+        cos = dict(zip(union, result.probe_cos))
+        result = dataclasses.replace(result, probe_cos=tuple(cos[l] for l in saved))
+        return result, args.tolist(), maxp.tolist()
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  actions: Sequence[tuple[int, int]] | None = None, exit_layer: int = 1, k: int = 0

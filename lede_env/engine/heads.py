@@ -1,0 +1,208 @@
+"""Exit heads: a small module per exit layer mapping ``h_L`` (the pre-norm residual stream after ``L`` decoder
+layers) towards ``h_N`` before the model's shared final norm and LM head (DESIGN.md, "Exit heads").
+
+The full model is never changed: heads only change drafts, so decoding stays exact. Kinds:
+
+* ``identity``: the plain (LayerSkip) early exit ``lm_head(norm(h_L))``; applies to any layer.
+* ``ridge``:    per-layer affine map ``h_L -> W h_L + b`` fitted by ridge regression onto ``h_N``.
+* ``kl``:       the same affine map, then trained with KL(full softmax || head softmax) through the frozen norm
+                and LM head (initialised from ridge).
+* ``kl-mlp``:   affine map plus a residual MLP (``W h + b + down(silu(up(h)))``), KL-trained.
+
+Fitting lives in `lede_env.engine.fit_heads`. Storage: one safetensors file with the weights (tensor names
+``"<layer>.<param>"``) and the JSON metadata both embedded in it (key ``"lede_heads"``) and written beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+HEAD_KINDS = ("identity", "ridge", "kl", "kl-mlp")
+ARCHS = ("affine", "affine_mlp")
+WEIGHTS_FILE = "heads.safetensors"
+META_FILE = "heads.json"
+_META_KEY = "lede_heads"
+FORMAT_VERSION = 1
+
+
+class AffineHead(nn.Module):
+    """``h -> W h + b`` (an ``nn.Linear`` with bias); initialised to the identity."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.affine = nn.Linear(hidden_size, hidden_size, bias=True)
+        with torch.no_grad():
+            self.affine.weight.copy_(torch.eye(hidden_size))
+            self.affine.bias.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.affine(h)
+
+
+class AffineMLPHead(nn.Module):
+    """``h -> W h + b + down(silu(up(h)))``: an affine map plus a residual MLP of width ``mlp_width``
+    (``down`` starts at zero, so a fresh head equals its affine part)."""
+
+    def __init__(self, hidden_size: int, mlp_width: int):
+        super().__init__()
+        self.affine = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.up = nn.Linear(hidden_size, mlp_width, bias=True)
+        self.down = nn.Linear(mlp_width, hidden_size, bias=False)
+        with torch.no_grad():
+            self.affine.weight.copy_(torch.eye(hidden_size))
+            self.affine.bias.zero_()
+            self.down.weight.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.affine(h) + self.down(nn.functional.silu(self.up(h)))
+
+
+def make_head(arch: str, hidden_size: int, mlp_width: int = 0) -> nn.Module:
+    if arch == "affine":
+        return AffineHead(hidden_size)
+    if arch == "affine_mlp":
+        if mlp_width <= 0:
+            raise ValueError(f"arch 'affine_mlp' needs mlp_width > 0, got {mlp_width}.")
+        return AffineMLPHead(hidden_size, mlp_width)
+    raise ValueError(f"Unknown head arch {arch!r}; choose one of {ARCHS}.")
+
+
+class ExitHeads:
+    """Exit heads for a set of exit layers (or the identity for every layer).
+
+    ``apply(layer, h)`` maps ``h_L`` of shape ``[..., hidden]`` to the input of the final norm, with the same
+    dtype and device as ``h``. ``meta`` holds the metadata saved with the heads (kind, layers, hidden size,
+    model name, training data description, fit figures).
+    """
+
+    def __init__(self, kind: str, heads: Mapping[int, nn.Module] | None = None, hidden_size: int | None = None,
+                 arch: str | None = None, mlp_width: int = 0, meta: dict | None = None):
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"Unknown exit-head kind {kind!r}; choose one of {HEAD_KINDS}.")
+        heads = dict(heads or {})
+        if kind == "identity" and heads:
+            raise ValueError("Identity heads hold no modules.")
+        if kind != "identity" and not heads:
+            raise ValueError(f"Exit heads of kind {kind!r} need at least one layer's head.")
+        self.kind = kind
+        self.arch = arch if arch is not None else ("identity" if kind == "identity" else "affine")
+        self.mlp_width = int(mlp_width)
+        self.modules = nn.ModuleDict({str(int(k)): m for k, m in sorted(heads.items())})
+        for m in self.modules.values():
+            m.eval()
+            m.requires_grad_(False)
+        self.layers: tuple[int, ...] = tuple(sorted(int(k) for k in heads))
+        if hidden_size is None and heads:
+            hidden_size = next(iter(heads.values())).affine.in_features
+        self.hidden_size = hidden_size
+        self.meta: dict = dict(meta or {})
+        self.meta.update(kind=self.kind, layers=list(self.layers), hidden_size=self.hidden_size, arch=self.arch,
+                         mlp_width=self.mlp_width)
+        self._sync_param_info()
+
+    # ------------------------------------------------------------------ use
+    def _sync_param_info(self) -> None:
+        p = next(self.modules.parameters(), None)
+        self._dtype = p.dtype if p is not None else None
+        self._device = p.device if p is not None else None
+
+    def has(self, layer: int) -> bool:
+        return self.kind == "identity" or str(int(layer)) in self.modules
+
+    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Map ``h_L`` ([..., hidden]) for exit layer ``layer``; output has ``h``'s dtype and device."""
+        if self.kind == "identity":
+            return h
+        head = self.modules[str(int(layer))] if str(int(layer)) in self.modules else None
+        if head is None:
+            raise ValueError(
+                f"No exit head of kind {self.kind!r} for layer {layer}; available layers: {list(self.layers)}. "
+                "Fit heads for this layer (`lede fit-heads --layers ...`) or use identity heads."
+            )
+        if h.shape[-1] != self.hidden_size:
+            raise ValueError(f"Exit head expects hidden size {self.hidden_size}, got h of shape {tuple(h.shape)}.")
+        with torch.no_grad():
+            if h.dtype != self._dtype or h.device != self._device:
+                return head(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
+            return head(h)
+
+    __call__ = apply
+
+    def to(self, device=None, dtype=None) -> "ExitHeads":
+        """Move/cast the heads in place (returns self)."""
+        self.modules.to(device=device, dtype=dtype)
+        self._sync_param_info()
+        return self
+
+    def num_parameters(self, layer: int | None = None) -> int:
+        mods = self.modules.values() if layer is None else [self.modules[str(int(layer))]]
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+    def __repr__(self) -> str:
+        return f"ExitHeads(kind={self.kind!r}, arch={self.arch!r}, layers={list(self.layers)}, hidden={self.hidden_size})"
+
+    # ------------------------------------------------------------ storage
+    @staticmethod
+    def _paths(path) -> tuple[Path, Path]:
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            return path, path.with_suffix(".json")
+        return path / WEIGHTS_FILE, path / META_FILE
+
+    def save(self, path) -> None:
+        """Save to ``path``: a directory (``heads.safetensors`` + ``heads.json`` inside it) or a
+        ``*.safetensors`` file (metadata also written beside it as ``*.json``)."""
+        from safetensors.torch import save_file
+
+        weights, meta_path = self._paths(path)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{k}.{name}": t.detach().to("cpu").contiguous()
+                   for k, m in self.modules.items() for name, t in m.state_dict().items()}
+        meta = dict(self.meta, format_version=FORMAT_VERSION)
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        if not tensors:  # safetensors refuses nothing at all on some versions: keep one marker tensor
+            tensors = {"_identity": torch.zeros(1)}
+        save_file(tensors, str(weights), metadata={_META_KEY: text})
+        meta_path.write_text(text + "\n")
+
+    @classmethod
+    def load(cls, path, device=None, dtype=None) -> "ExitHeads":
+        """Load heads saved by `save` (directory or ``*.safetensors`` path)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        weights, meta_path = cls._paths(path)
+        if not weights.is_file():
+            raise FileNotFoundError(f"No exit heads at {path}: {weights} is missing.")
+        with safe_open(str(weights), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+        if raw is None and meta_path.is_file():
+            raw = meta_path.read_text()
+        if raw is None:
+            raise ValueError(f"{weights} carries no exit-head metadata (key {_META_KEY!r}).")
+        meta = json.loads(raw)
+        kind = meta["kind"]
+        if kind == "identity":
+            return cls("identity", meta=meta)
+        state = load_file(str(weights))
+        hidden, arch, width = int(meta["hidden_size"]), meta["arch"], int(meta.get("mlp_width", 0))
+        heads = {}
+        for layer in meta["layers"]:
+            head = make_head(arch, hidden, width)
+            prefix = f"{int(layer)}."
+            head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            heads[int(layer)] = head
+        out = cls(kind, heads, hidden_size=hidden, arch=arch, mlp_width=width, meta=meta)
+        if device is not None or dtype is not None:
+            out.to(device=device, dtype=dtype)
+        return out
+
+
+def identity_heads() -> ExitHeads:
+    """The plain early exit: ``apply(layer, h) == h`` for every layer."""
+    return ExitHeads("identity")

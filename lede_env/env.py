@@ -1,0 +1,329 @@
+"""`LEDEEnv`: self-speculative decoding as a Gymnasium environment (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from lede_env.backends.base import BackendStep
+from lede_env.features import FeatureTracker, ObservationLayout
+from lede_env.render import LEGEND, mark_text, token_kinds, token_pieces
+
+BACKENDS = ("live", "replay")
+COST_MODELS = ("profile", "wallclock")
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Validated arguments of `LEDEEnv` (all JSON-safe, so `gym.make` kwargs and dataset metadata agree)."""
+
+    model: str = "smollm2-135m"
+    prompts: str = "mixed:train"
+    backend: str = "live"
+    traces: str | None = None
+    max_new_tokens: int | None = None   # default 128 (live) or the traces' value (replay)
+    chat_template: bool = True
+    exit_layers: tuple[int, ...] | None = None
+    spec_lengths: tuple[int, ...] = tuple(range(13))
+    probe_layers: tuple[int, ...] | None = None
+    cost_model: str = "profile"
+    profile: str | None = None
+    lam: float = 1.0
+    exit_heads: str = "default"
+    dtype: str = "float32"
+    threads: int | None = None
+    max_context: int | None = None
+    text_in_info: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("exit_layers", "spec_lengths", "probe_layers"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, (int, str)) or len(value) == 0:
+                    raise ValueError(f"{name} must be a non-empty list of integers, got {value!r}.")
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(f"cost_model must be one of {COST_MODELS}, got {self.cost_model!r}.")
+        if self.backend == "replay" and self.cost_model == "wallclock":
+            raise ValueError("The replay backend has no wall clock: use cost_model='profile' with backend='replay'.")
+        if self.backend == "replay" and not self.traces:
+            raise ValueError("backend='replay' needs traces=<path of a .npz recorded with `lede trace`>.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 2:
+            raise ValueError(f"max_new_tokens must be >= 2, got {self.max_new_tokens}.")
+        if min(self.spec_lengths) < 0 or len(set(self.spec_lengths)) != len(self.spec_lengths):
+            raise ValueError(f"spec_lengths must be distinct integers >= 0, got {self.spec_lengths}.")
+        if self.exit_layers is not None and len(set(self.exit_layers)) != len(self.exit_layers):
+            raise ValueError(f"exit_layers must be distinct, got {self.exit_layers}.")
+        if not self.lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}.")
+
+
+def default_exit_layers(num_layers: int) -> tuple[int, ...]:
+    """Every second layer from about an eighth of the depth up to two layers below the top."""
+    start = max(1, num_layers // 8)
+    start += start % 2
+    return tuple(range(start, num_layers - 1, 2)) or tuple(range(1, num_layers))
+
+
+def default_probe_layers(num_layers: int) -> tuple[int, ...]:
+    """Probe layers at 1/4, 1/2, 3/4 and near the top of the stack."""
+    return tuple(sorted({max(1, num_layers // 4), num_layers // 2, (3 * num_layers) // 4, num_layers - 2}))
+
+
+class LEDEEnv(gym.Env):
+    """Self-speculative decoding of a real Llama model, one decoding step per environment step.
+
+    ## Description
+    Each episode is one greedy generation for one prompt. At every step the agent picks an exit layer ``L``
+    and a speculation length ``k``: the model drafts ``k`` tokens with its first ``L`` layers (plus an exit head,
+    the final norm and the LM head), verifies them with one full forward pass and keeps the longest matching
+    prefix plus one token. The output is always exactly the plain greedy output; only the time changes.
+
+    ## Action Space
+    ``MultiDiscrete([len(exit_layers), len(spec_lengths)])``: an index into ``exit_layers`` and one into
+    ``spec_lengths`` (``k = 0`` is a plain autoregressive step; the exit layer is then irrelevant).
+    `lede_env.wrappers.FlattenAction` turns it into ``Discrete(len(exit_layers) * len(spec_lengths))``.
+
+    ## Observation Space
+    ``Box(low, high, (8 + P + J,), float32)`` of local-context features, documented in `lede_env.features`
+    (``env.unwrapped.layout.table()`` prints index, name and range): the last action and its acceptance, the
+    full model's confidence and entropy, the draft's confidence, probe layers' cosine similarity to the final
+    hidden state, a running acceptance rate per exit layer and the budget used.
+
+    ## Rewards
+    ``r = n - lam * cost / c_ar``: ``n`` tokens produced by the step, ``cost`` its cost and ``c_ar`` the cost of
+    one plain autoregressive step under the same cost model (``"profile"``: the stored latency profile,
+    deterministic; ``"wallclock"``: measured). With ``lam = 1`` the return is the number of tokens saved
+    versus autoregressive decoding, and the speedup of an episode is ``N / (N - return)``.
+
+    ## Starting State
+    ``reset`` picks a prompt with ``self.np_random`` (or ``options={"prompt_index": i}``), prefills it (its cost
+    is in ``info["prefill_time"]``, not in the reward) and the full model's first token becomes pending.
+
+    ## Episode End
+    ``terminated`` at EOS or after ``max_new_tokens`` generated tokens; ``truncated`` when the context window
+    is full.
+
+    ## Arguments
+    ``model`` ("smollm2-135m", "tiny-random" or a local Llama directory), ``prompts`` (a prompt set with optional
+    split such as "mixed:train" or "humaneval:test", or a .jsonl path), ``backend`` ("live" or "replay"),
+    ``traces`` (replay: path of a trace file from `lede trace`), ``max_new_tokens``, ``chat_template``,
+    ``exit_layers``, ``spec_lengths``, ``probe_layers``, ``cost_model``, ``profile`` (path of a latency profile
+    JSON; default: the stored one for this model and machine), ``lam``, ``exit_heads`` ("default", "identity"
+    or a path), ``dtype``, ``threads``, ``max_context``, ``text_in_info`` (decode the text into ``info`` at
+    every step; default on for live, off for replay where it would dominate the step time), ``render_mode``
+    ("ansi").
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        self.config = cfg = EnvConfig(**kwargs)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
+        self.render_mode = render_mode
+        self._tokenizer = None
+        if cfg.backend == "live":
+            self._init_live(cfg)
+        else:
+            self._init_replay(cfg)
+        J, K = len(self.exit_layers), len(cfg.spec_lengths)
+        self.action_space = spaces.MultiDiscrete([J, K])
+        self.layout = ObservationLayout(self.exit_layers, cfg.spec_lengths, self.probe_layers, self.vocab_size)
+        low, high = self.layout.bounds()
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.features = FeatureTracker(self.layout)
+        self.text_in_info = cfg.text_in_info if cfg.text_in_info is not None else cfg.backend == "live"
+        self._c_ar = self._cost_of_ar()
+        self._generated: list[int] = []
+        self._kinds: list[tuple[int, int, int]] = []
+        self._reset_info: dict = {}
+
+    # ------------------------------------------------------------------ construction
+    def _init_live(self, cfg: EnvConfig) -> None:
+        import torch
+
+        from lede_env.backends.live import LiveBackend
+        from lede_env.defaults import resolve_exit_heads
+        from lede_env.models import load_model
+        from lede_env.prompts import encode_prompt, load_prompts
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        model, tok = load_model(cfg.model, dtype=cfg.dtype)
+        N = model.config.num_hidden_layers
+        self.exit_layers = self._check_layers(cfg.exit_layers or default_exit_layers(N), N, "exit_layers")
+        self.probe_layers = self._check_layers(cfg.probe_layers or default_probe_layers(N), N, "probe_layers")
+        self.heads = resolve_exit_heads(cfg.exit_heads, cfg.model, model)
+        for L in self.exit_layers:
+            if not self.heads.has(L):
+                raise ValueError(f"The exit heads ({self.heads.kind}) have no head for exit layer {L}; they cover "
+                                 f"{list(self.heads.layers)}. Choose exit_layers among those or fit heads for them.")
+        self.prompt_list = load_prompts(cfg.prompts)
+        ids = [encode_prompt(tok, p.text, cfg.chat_template) for p in self.prompt_list]
+        self._tokenizer = tok
+        self.vocab_size = model.config.vocab_size
+        self.num_layers = N
+        self.max_new_tokens = cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        self.backend = LiveBackend(model, tok, ids, self.probe_layers, self.max_new_tokens, exit_heads=self.heads,
+                                   max_context=cfg.max_context)
+        self.heads_kind = self.heads.kind
+
+    def _init_replay(self, cfg: EnvConfig) -> None:
+        from lede_env.backends.replay import ReplayBackend
+        from lede_env.traces import TraceSet
+
+        traces = TraceSet.load(cfg.traces)
+        meta = traces.meta
+        recorded = tuple(meta["exit_layers"])
+        self.exit_layers = cfg.exit_layers or recorded
+        missing = [L for L in self.exit_layers if L not in recorded]
+        if missing:
+            raise ValueError(f"exit_layers {missing} were not recorded in {cfg.traces} (recorded: {list(recorded)}). "
+                             "Re-record with `lede trace --exit-layers ...` or choose among the recorded ones.")
+        if cfg.probe_layers and tuple(cfg.probe_layers) != tuple(meta["probe_layers"]):
+            raise ValueError(f"probe_layers {list(cfg.probe_layers)} differ from the traces' {meta['probe_layers']}.")
+        if cfg.max_new_tokens not in (None, meta["max_new_tokens"]):
+            raise ValueError(f"The traces were recorded with max_new_tokens={meta['max_new_tokens']}, not "
+                             f"{cfg.max_new_tokens}: re-record them or leave max_new_tokens unset.")
+        self.probe_layers = tuple(meta["probe_layers"])
+        self.vocab_size = int(meta["vocab_size"])
+        self.num_layers = int(meta["num_layers"])
+        self.heads_kind = meta["exit_heads"]
+        self.trace_meta = meta
+        self.backend = ReplayBackend(traces, self.exit_layers)
+        self.prompt_list = None
+        self.max_new_tokens = int(meta["max_new_tokens"])
+
+    @staticmethod
+    def _check_layers(layers: Sequence[int], N: int, name: str) -> tuple[int, ...]:
+        bad = [L for L in layers if not 1 <= L <= N - 1]
+        if bad:
+            raise ValueError(f"{name} {bad} out of range: this model has {N} layers, exits run from 1 to {N - 1}.")
+        return tuple(layers)
+
+    def _cost_of_ar(self) -> float:
+        cfg = self.config
+        if cfg.cost_model == "wallclock":
+            return self.backend.measure_ar_cost()
+        from lede_env.engine.profile import LatencyProfile, find_profile
+
+        import torch  # noqa: F401  (threads count for the key)
+
+        if cfg.profile:
+            self.profile = LatencyProfile.load(cfg.profile)
+        else:
+            model = cfg.model if cfg.backend == "live" else self.trace_meta["model"]
+            dtype = cfg.dtype if cfg.backend == "live" else self.trace_meta["dtype"]
+            self.profile = find_profile(model, dtype, "cpu", cfg.threads or 2, "eager", self.heads_kind)
+        if self.profile.num_layers != self.num_layers:
+            raise ValueError(f"The latency profile is for a {self.profile.num_layers}-layer model, this one has "
+                             f"{self.num_layers}.")
+        kmax = max(cfg.spec_lengths)
+        self._cost_table = self.profile.cost_table(self.exit_layers, kmax)
+        return self.profile.c_ar
+
+    # ------------------------------------------------------------------ Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        n = self.backend.num_prompts
+        if "prompt_index" in options:
+            index = int(options["prompt_index"])
+            if not 0 <= index < n:
+                raise ValueError(f"prompt_index {index} out of range: the prompt set has {n} prompts.")
+        else:
+            index = int(self.np_random.integers(n))
+        r = self.backend.reset(index) if self.config.backend == "replay" else self.backend.reset(
+            index, seed=int(self.np_random.integers(2**31)))
+        tries = 0
+        while r.done and "prompt_index" not in options and tries < 100:  # the prefill already ended it: next prompt
+            index = (index + 1) % n
+            r = self.backend.reset(index)
+            tries += 1
+        if r.done:
+            raise ValueError(f"Prompt {index} ends at its first token (EOS or budget): no step to take.")
+        self._prompt_index = index
+        self._prompt_ids = list(r.prompt_ids)
+        self._generated = [r.first_token]
+        self._kinds = []
+        self._prefill_time = r.prefill_time
+        obs = self.features.reset(1, self.max_new_tokens)
+        info = self._info(None, 0.0)
+        return obs, info
+
+    def step(self, action):
+        a = np.asarray(action).reshape(-1)
+        if a.shape != (2,) or not self.action_space.contains(a.astype(self.action_space.dtype)):
+            J, K = self.action_space.nvec
+            raise ValueError(f"Action {action!r} is outside MultiDiscrete([{J}, {K}]): give [exit index in 0..{J - 1} "
+                             f"(exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
+                             f"(speculation lengths {list(self.config.spec_lengths)})]. For a flat action use "
+                             "lede_env.wrappers.FlattenAction.")
+        j, kidx = int(a[0]), int(a[1])
+        L, k = self.exit_layers[j], self.config.spec_lengths[kidx]
+        s = self.backend.step(L, k)
+        if self.config.cost_model == "wallclock":
+            cost = s.wall_time
+        else:
+            cost = float(self._cost_table[j, s.drafted])
+        n = len(s.tokens)
+        reward = n - self.config.lam * cost / self._c_ar
+        self._generated.extend(s.tokens)
+        self._kinds.append((s.drafted, s.accepted, n))
+        obs = self.features.update(s, len(self._generated), self.max_new_tokens)
+        return obs, float(reward), bool(s.finished), bool(s.truncated), self._info(s, cost)
+
+    def _info(self, s: BackendStep | None, cost: float) -> dict:
+        text = self._decode(self._generated) if self.text_in_info else ""
+        return {
+            "prompt_index": self._prompt_index,
+            "tokens": len(s.tokens) if s else 0,
+            "accepted": s.accepted if s else 0,
+            "drafted": s.drafted if s else 0,
+            "cost": cost,
+            "c_ar": self._c_ar,
+            "exit_layer": s.exit_layer if s else -1,
+            "k": s.k if s else -1,
+            "wall_time": (s.wall_time or 0.0) if s else 0.0,
+            "prefill_time": self._prefill_time,
+            "prompt_ids": list(self._prompt_ids),
+            "generated_ids": list(self._generated),
+            "text": text,
+        }
+
+    # ------------------------------------------------------------------ rendering
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from lede_env.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.trace_meta["model"])
+        return self._tokenizer
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        kinds = ["first"] + token_kinds(self._kinds)
+        text = mark_text(token_pieces(self.tokenizer, self._generated), kinds, color=True)
+        return f"{text}\n({LEGEND})"
+
+    def describe(self) -> str:
+        """The configuration and observation layout as JSON (for dataset metadata)."""
+        return json.dumps({"config": asdict(self.config), "max_new_tokens": self.max_new_tokens,
+                           "observation": self.layout.as_dict(),
+                           "exit_heads": self.heads_kind, "num_layers": self.num_layers})

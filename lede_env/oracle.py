@@ -1,0 +1,346 @@
+"""The oracle: the best action sequence for one trace under a cost model, found by dynamic programming.
+
+Setting (DESIGN.md section 2). A trace ``g_0 .. g_{T-1}`` is replayed from pending position ``t = 0``;
+an action ``(j, kidx)`` picks exit column ``j`` (an index into ``trace.exit_layers``) and requested
+speculation length ``k = spec_lengths[kidx]``. ``trace.outcome(t, j, k)`` says how many tokens the step
+drafted (``d``, ``k`` clipped by the budget) and produced (``n >= 1``); the next pending position is
+``t + n`` and the episode ends when it reaches ``T - 1``. Cost model: ``cost_table[j, d]`` seconds, with
+``c_ar = cost_table[0, 0]`` the plain autoregressive step. Reward of a step::
+
+    r(t, a) = n(t, a) - lam * cost_table[j, d(t, a)] / c_ar
+
+Recurrence. Reward and transition depend only on ``(t, a)`` (the trace fixes everything else), so the
+episode is a shortest-path problem on the positions ``0 .. T-1`` and backward induction is exact::
+
+    V[T-1] = 0
+    V[t]   = max_a  r(t, a) + V[t + n(t, a)]        for t = T-2, ..., 0
+
+``V[0]`` is the highest return any policy can reach on the trace: no agent can beat it under the same cost
+model. Ties (within a relative 1e-9) are broken deterministically: fewer drafted tokens, then lower exit
+column, then shorter requested ``k`` (then lower ``kidx``). Every ``n(t, a) >= 1``, so each ``V[t]`` only
+reads positions already solved; per position the work is vectorised over all ``J * K`` actions (the
+tables of ``d``, ``n`` and ``r`` are built for all positions at once).
+
+Note: every action sequence produces the same ``N = T - 1`` tokens in total, so for ``lam > 0`` maximising
+the return is minimising the total cost; ``lam`` only rescales.
+
+Speedup. ``N * c_ar / total_cost``: the wall-clock speedup over autoregressive decoding under the cost
+table; with ``lam = 1`` it equals ``N / (N - return)``. Over several traces, :func:`aggregate_speedup` and
+:func:`best_static` use ``sum N * c_ar / sum cost`` (token-weighted, i.e. total autoregressive time over
+total time).
+
+Pure numpy: no model, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lede_env.traces import Trace, TraceSet
+
+__all__ = ["OracleResult", "Rollout", "solve", "evaluate_actions", "rollout_static", "best_static",
+           "aggregate_speedup", "OracleAgent"]
+
+_TIE_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Totals of one episode: return (sum of rewards), tokens produced (``N = T - 1``), total cost in
+    seconds, wall-clock speedup ``N * c_ar / total_cost`` (1.0 for an episode with no steps), steps."""
+
+    episode_return: float
+    tokens: int
+    total_cost: float
+    speedup: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """An episode with the actions that produced it: ``actions[i] = (exit column j, index into
+    spec_lengths)`` of step ``i``. Returned by :func:`solve` (the optimal sequence) and
+    :func:`evaluate_actions` (any sequence)."""
+
+    actions: tuple[tuple[int, int], ...]
+    episode_return: float
+    tokens: int
+    total_cost: float
+    speedup: float
+    steps: int
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int]
+           ) -> tuple[np.ndarray, np.ndarray, float]:
+    table = np.asarray(cost_table, dtype=np.float64)
+    ks = np.asarray([int(k) for k in spec_lengths], dtype=np.int64)
+    J = len(trace.exit_layers)
+    if table.ndim != 2 or table.shape[0] != J:
+        raise ValueError(f"cost_table must have shape [J, Dmax+1] with J = {J} exit columns of the trace "
+                         f"(exit layers {list(trace.exit_layers)}); got shape {table.shape}.")
+    if ks.ndim != 1 or ks.size == 0 or (ks < 0).any():
+        raise ValueError(f"spec_lengths must be a non-empty list of lengths >= 0; got {list(spec_lengths)}.")
+    if ks.max() >= table.shape[1]:
+        raise ValueError(f"spec_lengths go up to {ks.max()} but cost_table only covers drafts of up to "
+                         f"{table.shape[1] - 1} tokens (shape {table.shape}).")
+    if not np.isfinite(table).all():
+        raise ValueError("cost_table has non-finite entries.")
+    c_ar = float(table[0, 0])
+    if not c_ar > 0:
+        raise ValueError(f"cost_table[0, 0] (the autoregressive step, c_ar) must be > 0; got {c_ar}.")
+    return table, ks, c_ar
+
+
+def _speedup(tokens: int, total_cost: float, c_ar: float) -> float:
+    return 1.0 if tokens == 0 else tokens * c_ar / total_cost
+
+
+# ------------------------------------------------------------------------------------------ tables
+@dataclass(frozen=True)
+class _Tables:
+    """Outcome of every action at every position, arrays of shape [T-1, J, K]."""
+
+    drafted: np.ndarray
+    produced: np.ndarray
+    cost: np.ndarray
+    reward: np.ndarray
+
+
+def _tables(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float) -> _Tables:
+    """Vectorised ``trace.outcome(t, j, ks[kidx])`` for all (t, j, kidx) (the same rule; a test holds the
+    two equal), plus each step's cost and reward."""
+    T = trace.length
+    last = T - 1
+    t = np.arange(last, dtype=np.int64)
+    max_draft = np.fromiter((trace.max_draft(int(i)) for i in t), dtype=np.int64, count=last)
+    drafted = np.minimum(ks[None, :], max_draft[:, None])                               # [T-1, K]
+    run = np.asarray(trace.run_length, dtype=np.int64)                                  # [T-1, J]
+    accepted = np.where(drafted[:, None, :] > 0, np.minimum(run[:, :, None], drafted[:, None, :]), 0)
+    to_end = (last - t)[:, None, None]
+    produced = np.where(t[:, None, None] + accepted >= last, to_end, accepted + 1)      # [T-1, J, K]
+    J = table.shape[0]
+    drafted = np.broadcast_to(drafted[:, None, :], produced.shape)
+    cost = table[np.arange(J)[None, :, None], drafted]
+    reward = produced - lam * cost / c_ar
+    return _Tables(drafted=drafted, produced=produced, cost=cost, reward=reward)
+
+
+def _policy(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float
+            ) -> tuple[np.ndarray, np.ndarray, _Tables]:
+    """Backward induction. Returns ``V`` [T] (optimal return-to-go from each position), ``policy`` [T-1, 2]
+    (the optimal (j, kidx) at each position, on or off the optimal path) and the tables."""
+    tabs = _tables(trace, table, ks, c_ar, lam)
+    last = trace.length - 1
+    J, K = table.shape[0], len(ks)
+    V = np.zeros(last + 1)
+    policy = np.zeros((last, 2), dtype=np.int64)
+    # Tie-break key: fewer drafted tokens, then lower j, then shorter requested k, then lower kidx.
+    krank = np.empty(K, dtype=np.int64)
+    krank[np.lexsort((np.arange(K), ks))] = np.arange(K)
+    jk = (np.arange(J)[:, None] * K + krank[None, :])
+    key = tabs.drafted * (J * K) + jk[None]
+    nxt = np.arange(last)[:, None, None] + tabs.produced
+    big = np.iinfo(np.int64).max
+    for t in range(last - 1, -1, -1):
+        q = tabs.reward[t] + V[nxt[t]]
+        best = q.max()
+        ties = q >= best - _TIE_RTOL * max(1.0, abs(best))
+        j, kidx = np.unravel_index(int(np.argmin(np.where(ties, key[t], big))), (J, K))
+        policy[t] = (j, kidx)
+        V[t] = q[j, kidx]
+    return V, policy, tabs
+
+
+# ------------------------------------------------------------------------------------------ public API
+def solve(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int],
+          lam: float = 1.0) -> OracleResult:
+    """The best action sequence for ``trace`` (exact, by the backward recurrence in the module docstring).
+
+    Action set: every ``(j, kidx)`` with ``j in range(len(trace.exit_layers))`` and
+    ``kidx in range(len(spec_lengths))``. The reported totals come from replaying the chosen actions
+    forward (rewards summed in step order), so they match what an environment would accumulate.
+    A trace with ``T == 1`` has no steps: return 0, speedup 1.0."""
+    table, ks, c_ar = _check(trace, cost_table, spec_lengths)
+    if trace.length == 1:
+        return OracleResult(actions=(), episode_return=0.0, tokens=0, total_cost=0.0, speedup=1.0, steps=0)
+    _, policy, tabs = _policy(trace, table, ks, c_ar, lam)
+    return _follow(trace, table, tabs, c_ar, lambda t: (int(policy[t, 0]), int(policy[t, 1])))
+
+
+def _follow(trace: Trace, table: np.ndarray, tabs: _Tables, c_ar: float,
+            choose: Callable[[int], tuple[int, int]]) -> OracleResult:
+    """Play ``choose(t)`` from t = 0 to the end. The total cost is ``sum count[j, d] * cost_table[j, d]``
+    (steps counted per cell, not summed step by step), so an all-autoregressive episode costs exactly
+    ``N * c_ar`` and has speedup exactly 1.0."""
+    last = trace.length - 1
+    J, K = tabs.produced.shape[1:]
+    counts = np.zeros(table.shape)
+    actions: list[tuple[int, int]] = []
+    ret = 0.0
+    t = 0
+    while t < last:
+        j, kidx = choose(t)
+        if not (0 <= j < J and 0 <= kidx < K):
+            raise ValueError(f"Action ({j}, {kidx}) at position {t} is outside the action space "
+                             f"[0, {J}) x [0, {K}).")
+        actions.append((j, kidx))
+        ret += float(tabs.reward[t, j, kidx])
+        counts[j, tabs.drafted[t, j, kidx]] += 1
+        t += int(tabs.produced[t, j, kidx])
+    total_cost = float((counts * table).sum())
+    return OracleResult(actions=tuple(actions), episode_return=ret, tokens=last, total_cost=total_cost,
+                        speedup=_speedup(last, total_cost, c_ar), steps=len(actions))
+
+
+def evaluate_actions(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int],
+                     actions: Sequence[tuple[int, int]] | Callable[[int], tuple[int, int]],
+                     lam: float = 1.0) -> OracleResult:
+    """Replay ``actions`` on ``trace``: a sequence of ``(j, kidx)`` (one per step; it must last until the
+    episode ends, extra entries are an error) or a function ``position t -> (j, kidx)``."""
+    table, ks, c_ar = _check(trace, cost_table, spec_lengths)
+    if trace.length == 1:
+        if not callable(actions) and len(actions) > 0:
+            raise ValueError("The trace has no steps (T == 1) but actions were given.")
+        return OracleResult(actions=(), episode_return=0.0, tokens=0, total_cost=0.0, speedup=1.0, steps=0)
+    tabs = _tables(trace, table, ks, c_ar, lam)
+    if callable(actions):
+        choose = lambda t: tuple(int(a) for a in actions(t))  # noqa: E731
+    else:
+        seq = [tuple(int(a) for a in pair) for pair in actions]
+        it = iter(seq)
+
+        def choose(t: int) -> tuple[int, int]:
+            try:
+                return next(it)
+            except StopIteration:
+                raise ValueError(f"The {len(seq)} actions ran out at position {t} before the episode "
+                                 f"ended (T = {trace.length}).") from None
+    res = _follow(trace, table, tabs, c_ar, choose)
+    if not callable(actions) and res.steps != len(actions):
+        raise ValueError(f"The episode ended after {res.steps} steps but {len(actions)} actions were given.")
+    return res
+
+
+def rollout_static(trace: Trace, cost_table: np.ndarray, j: int, k: int, lam: float = 1.0) -> Rollout:
+    """Play the fixed action (exit column ``j``, requested length ``k``) until the episode ends."""
+    res = evaluate_actions(trace, cost_table, (int(k),), lambda t: (int(j), 0), lam)
+    return Rollout(episode_return=res.episode_return, tokens=res.tokens, total_cost=res.total_cost,
+                   speedup=res.speedup, steps=res.steps)
+
+
+def aggregate_speedup(results: Iterable[OracleResult | Rollout]) -> float:
+    """Token-weighted speedup of several episodes: ``sum N * c_ar / sum cost`` (total autoregressive time
+    over total time). Each result's autoregressive time is ``speedup * total_cost`` (= ``N * c_ar``), so
+    no cost table is needed. Episodes with no steps count for nothing; 1.0 when there is no cost at all."""
+    ar = cost = 0.0
+    for r in results:
+        ar += r.speedup * r.total_cost
+        cost += r.total_cost
+    return 1.0 if cost == 0 else ar / cost
+
+
+def best_static(traces: Iterable[Trace] | TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[int],
+                lam: float = 1.0) -> tuple[int, int, float]:
+    """Grid search over the fixed actions ``(j, kidx)``: the one with the highest aggregate speedup
+    ``sum_traces N * c_ar / sum_traces cost`` over ``traces`` (token-weighted; as the total N is fixed, this
+    is also the highest total return for any ``lam > 0``). Ties: shorter requested length, then lower j.
+    Returns ``(j, kidx, speedup)``."""
+    traces = list(traces.traces if isinstance(traces, TraceSet) else traces)
+    if not traces:
+        raise ValueError("best_static needs at least one trace.")
+    table, ks, c_ar = _check(traces[0], cost_table, spec_lengths)
+    J, K = table.shape[0], len(ks)
+    tokens = 0
+    counts = np.zeros((J, K, table.shape[1]))    # steps of each static policy per drafted length
+    jj, kk = np.meshgrid(np.arange(J), np.arange(K), indexing="ij")
+    for tr in traces:
+        _check(tr, table, spec_lengths)
+        if tr.length == 1:
+            continue
+        tabs = _tables(tr, table, ks, c_ar, lam)
+        last = tr.length - 1
+        tokens += last
+        # All J*K static policies walk the trace at once.
+        pos = np.zeros((J, K), dtype=np.int64)
+        live = pos < last
+        while live.any():
+            p, j, k = pos[live], jj[live], kk[live]
+            np.add.at(counts, (j, k, tabs.drafted[p, j, k]), 1)
+            pos[live] = p + tabs.produced[p, j, k]
+            live = pos < last
+    cost = (counts * table[:, None, :]).sum(-1)
+    if tokens == 0:
+        return 0, int(np.argmin(ks)), 1.0
+    speed = tokens * c_ar / cost
+    order = sorted(((int(ks[kidx]), j, kidx) for j in range(J) for kidx in range(K)))
+    best = max(speed.max(), 0.0)
+    for _, j, kidx in order:
+        if speed[j, kidx] >= best * (1 - _TIE_RTOL):
+            return j, kidx, float(speed[j, kidx])
+    raise AssertionError("unreachable")
+
+
+class OracleAgent:
+    """The oracle as an agent for the replay backend (stable-baselines3 ``predict`` signature).
+
+    The observation does not identify the trace, so the agent is built with the traces, the cost table
+    and the action lists, and told which prompt an episode replays with ``reset(prompt_index)`` (matched
+    against ``Trace.prompt_index``). It then plays the optimal policy: it keeps its own position ``t`` and
+    advances it by replaying its action with ``trace.outcome``, which is exactly what the replay backend
+    does when it follows the agent's actions. An environment that may deviate from the agent's actions
+    (an epsilon-noised oracle, for example) should pass the current pending position:
+    ``predict(obs, position=t)``; the DP policy is defined at every position, on the optimal path or
+    not. Single environment only (no batched observations).
+    """
+
+    def __init__(self, traces: Iterable[Trace] | TraceSet, cost_table: np.ndarray,
+                 spec_lengths: Sequence[int], lam: float = 1.0) -> None:
+        traces = list(traces.traces if isinstance(traces, TraceSet) else traces)
+        self._traces: dict[int, Trace] = {}
+        for tr in traces:
+            if tr.prompt_index in self._traces:
+                raise ValueError(f"Two traces have prompt_index {tr.prompt_index}.")
+            self._traces[tr.prompt_index] = tr
+        self.cost_table = np.asarray(cost_table, dtype=np.float64)
+        self.spec_lengths = tuple(int(k) for k in spec_lengths)
+        self.lam = float(lam)
+        self._policies: dict[int, np.ndarray] = {}
+        self._trace: Trace | None = None
+        self._policy: np.ndarray | None = None
+        self.position = 0
+
+    def reset(self, prompt_index: int) -> None:
+        """Start an episode on the trace of ``prompt_index`` (solved on first use, then cached)."""
+        if prompt_index not in self._traces:
+            raise KeyError(f"No trace for prompt_index {prompt_index}; known: {sorted(self._traces)[:20]}.")
+        tr = self._traces[prompt_index]
+        if prompt_index not in self._policies:
+            table, ks, c_ar = _check(tr, self.cost_table, self.spec_lengths)
+            if tr.length == 1:
+                self._policies[prompt_index] = np.zeros((0, 2), dtype=np.int64)
+            else:
+                self._policies[prompt_index] = _policy(tr, table, ks, c_ar, self.lam)[1]
+        self._trace, self._policy, self.position = tr, self._policies[prompt_index], 0
+
+    def action_at(self, position: int) -> np.ndarray:
+        """The optimal ``[j, kidx]`` from pending position ``position`` of the current trace."""
+        if self._trace is None:
+            raise RuntimeError("Call reset(prompt_index) before predict.")
+        if not 0 <= position < len(self._policy):
+            raise ValueError(f"No step starts at position {position}: "
+                             f"the trace has {self._trace.length} tokens.")
+        return self._policy[position].copy()
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
+                position: int | None = None) -> tuple[np.ndarray, None]:
+        """Next optimal action ``np.array([j, kidx])``; the observation is ignored."""
+        if position is not None:
+            self.position = int(position)
+        action = self.action_at(self.position)
+        j, kidx = int(action[0]), int(action[1])
+        self.position += self._trace.outcome(self.position, j, self.spec_lengths[kidx]).produced
+        return action, None

@@ -1,0 +1,265 @@
+"""The oracle (DP over positions) on small synthetic traces."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from lede_env.oracle import (OracleAgent, OracleResult, aggregate_speedup, best_static, evaluate_actions,
+                             rollout_static, solve)
+from lede_env.traces import Trace, TraceSet
+
+VOCAB = 50
+EOS_ID = 2
+SPEC = (0, 1, 2, 3)
+
+
+def make_trace(T: int, agree_p, *, seed: int = 0, eos: bool = False, max_new_tokens: int | None = None,
+               max_context: int = 10_000, prompt_len: int = 4, prompt_index: int = 0) -> Trace:
+    """A trace whose exit column j agrees with the full model with probability ``agree_p[j]`` per position.
+    ``eos``: the last token is EOS and the budget is larger than T; otherwise the budget ends it (T ==
+    max_new_tokens) unless ``max_new_tokens`` is given."""
+    rng = np.random.default_rng(seed)
+    agree_p = np.asarray(agree_p, dtype=float)
+    J = len(agree_p)
+    tokens = rng.integers(3, VOCAB, size=T)
+    if eos:
+        tokens[-1] = EOS_ID
+    if max_new_tokens is None:
+        max_new_tokens = T + 10 if eos else T
+    nxt = tokens[1:]
+    wrong = (nxt[:, None] + 1 + rng.integers(0, VOCAB - 1, size=(T - 1, J))) % VOCAB
+    draft = np.where(rng.random((T - 1, J)) < agree_p[None, :], nxt[:, None], wrong).astype(np.int64)
+    return Trace(prompt_index=prompt_index, prompt_ids=np.arange(prompt_len, dtype=np.int64),
+                 tokens=tokens.astype(np.int64), exit_layers=tuple(range(2, 2 + 2 * J, 2)), probe_layers=(1,),
+                 draft_tokens=draft, draft_maxprob=np.full((T - 1, J), 0.5, np.float32),
+                 full_maxprob=np.full(T - 1, 0.5, np.float32), full_entropy=np.ones(T - 1, np.float32),
+                 probe_cos=np.ones((T - 1, 1), np.float32), eos=eos, max_new_tokens=max_new_tokens,
+                 max_context=max_context)
+
+
+def make_costs(J: int, dmax: int, c_ar: float = 0.02, overhead: float = 0.05) -> np.ndarray:
+    """cost[j, d]: d partial forwards whose price grows with j, plus a (d+1)-position verification."""
+    frac = np.linspace(0.15, 0.6, J)[:, None]
+    d = np.arange(dmax + 1)[None, :]
+    table = c_ar * (1 + overhead * d + frac * d) + np.where(d > 0, 0.1 * c_ar, 0.0)
+    table[:, 0] = c_ar
+    return table
+
+
+def brute_force(trace: Trace, table: np.ndarray, spec, lam: float) -> float:
+    """Max return over every action sequence, by plain enumeration with trace.outcome."""
+    c_ar = table[0, 0]
+    J = len(trace.exit_layers)
+
+    def best(t: int) -> float:
+        if t == trace.length - 1:
+            return 0.0
+        vals = []
+        for j, k in itertools.product(range(J), spec):
+            o = trace.outcome(t, j, k)
+            assert o.finished == (t + o.produced == trace.length - 1)
+            vals.append(o.produced - lam * table[j, o.drafted] / c_ar + best(t + o.produced))
+        return max(vals)
+
+    return best(0)
+
+
+def replay(trace: Trace, table: np.ndarray, spec, actions, lam: float = 1.0):
+    """Return, tokens and cost of ``actions`` stepped with trace.outcome."""
+    c_ar = table[0, 0]
+    t, ret, cost, tokens = 0, 0.0, 0.0, 0
+    for i, (j, kidx) in enumerate(actions):
+        o = trace.outcome(t, j, spec[kidx])
+        ret += o.produced - lam * table[j, o.drafted] / c_ar
+        cost += table[j, o.drafted]
+        tokens += o.produced
+        t += o.produced
+        assert o.finished == (i == len(actions) - 1)
+    assert t == trace.length - 1
+    return ret, tokens, cost
+
+
+# ------------------------------------------------------------------------------------------ (1) exactness
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("kind", ["budget", "eos", "context"])
+def test_dp_matches_brute_force(T, kind):
+    table = make_costs(2, 3)
+    for seed in range(3):
+        for p in ([0.9, 0.5], [0.3, 0.95], [1.0, 1.0]):
+            kw = {"budget": {}, "eos": {"eos": True},
+                  "context": {"max_new_tokens": 100, "max_context": 4 + T}}[kind]
+            tr = make_trace(T, p, seed=seed, **kw)
+            for lam in (1.0, 0.3):
+                res = solve(tr, table, SPEC, lam=lam)
+                assert res.episode_return == pytest.approx(brute_force(tr, table, SPEC, lam), abs=1e-9)
+
+
+def test_tables_match_trace_outcome():
+    """The oracle's vectorised outcome tables agree with Trace.outcome for every (t, j, k)."""
+    from lede_env.oracle import _check, _tables
+
+    spec = (0, 1, 2, 3, 5, 8)
+    table = make_costs(3, 8)
+    for kw in ({}, {"eos": True}, {"max_new_tokens": 100, "max_context": 4 + 20}, {"max_new_tokens": 40}):
+        tr = make_trace(20, [0.2, 0.7, 1.0], seed=1, **kw)
+        _, ks, c_ar = _check(tr, table, spec)
+        tabs = _tables(tr, table, ks, c_ar, 1.0)
+        for t in range(tr.length - 1):
+            for j in range(3):
+                for kidx, k in enumerate(spec):
+                    o = tr.outcome(t, j, k)
+                    assert (tabs.drafted[t, j, kidx], tabs.produced[t, j, kidx]) == (o.drafted, o.produced)
+                    assert tabs.cost[t, j, kidx] == table[j, o.drafted]
+
+
+# ------------------------------------------------------------------------------------------ (2) ceiling
+def test_oracle_beats_static_and_random():
+    rng = np.random.default_rng(0)
+    spec = (0, 1, 2, 4, 6)
+    J = 4
+    table = make_costs(J, 6)
+    traces = [make_trace(int(rng.integers(10, 80)), rng.random(J), seed=s, eos=bool(s % 2), prompt_index=s)
+              for s in range(8)]
+    for tr in traces:
+        res = solve(tr, table, spec)
+        for j, (kidx, k) in itertools.product(range(J), enumerate(spec)):
+            st = rollout_static(tr, table, j, k)
+            assert res.episode_return >= st.episode_return - 1e-9
+            assert res.speedup >= st.speedup * (1 - 1e-12)
+            assert st.episode_return == pytest.approx(
+                evaluate_actions(tr, table, spec, lambda t, j=j, kidx=kidx: (j, kidx)).episode_return)
+        for _ in range(20):
+            rand = evaluate_actions(tr, table, spec,
+                                    lambda t: (int(rng.integers(J)), int(rng.integers(len(spec)))))
+            assert res.episode_return >= rand.episode_return - 1e-9
+    # best_static is the best of the grid under the aggregate (token-weighted) speedup.
+    j, kidx, sp = best_static(traces, table, spec)
+    grid = {(jj, kk): aggregate_speedup([rollout_static(tr, table, jj, spec[kk]) for tr in traces])
+            for jj in range(J) for kk in range(len(spec))}
+    assert sp == pytest.approx(max(grid.values()))
+    assert sp == pytest.approx(grid[(j, kidx)])
+    tokens = sum(tr.length - 1 for tr in traces)
+    cost = sum(rollout_static(tr, table, j, spec[kidx]).total_cost for tr in traces)
+    assert sp == pytest.approx(tokens * table[0, 0] / cost)
+    oracle = aggregate_speedup([solve(tr, table, spec) for tr in traces])
+    assert oracle >= sp
+    assert best_static(TraceSet(tuple(traces), {}), table, spec) == (j, kidx, sp)
+
+
+# ------------------------------------------------------------------------------------------ (3) extremes
+def test_perfect_agreement_drafts_long():
+    spec = (0, 1, 2, 4, 8)
+    table = make_costs(3, 8)
+    tr = make_trace(200, [1.0, 0.0, 0.0], seed=3)
+    res = solve(tr, table, spec)
+    assert res.speedup > 1.5
+    assert all(j == 0 for j, _ in res.actions)
+    assert sum(spec[kidx] == 8 for _, kidx in res.actions) >= res.steps - 2
+    assert res.steps < 200 / 5
+    assert res.speedup == pytest.approx(res.tokens / (res.tokens - res.episode_return))
+
+
+def test_zero_agreement_is_autoregressive():
+    spec = (3, 0, 1, 2)  # k = 0 is not the first index
+    table = make_costs(3, 3)
+    for kw in ({}, {"eos": True}):
+        tr = make_trace(60, [0.0, 0.0, 0.0], seed=4, **kw)
+        res = solve(tr, table, spec)
+        assert set(res.actions) == {(0, 1)}
+        assert res.steps == tr.length - 1
+        assert res.speedup == 1.0
+        assert res.episode_return == 0.0
+        assert best_static([tr], table, spec) == (0, 1, 1.0)
+
+
+def test_no_steps():
+    tr = make_trace(1, [0.5, 0.5])
+    table = make_costs(2, 3)
+    res = solve(tr, table, SPEC)
+    assert res == OracleResult(actions=(), episode_return=0.0, tokens=0, total_cost=0.0, speedup=1.0, steps=0)
+    assert rollout_static(tr, table, 1, 3).speedup == 1.0
+    assert best_static([tr], table, SPEC)[2] == 1.0
+    assert aggregate_speedup([res]) == 1.0
+
+
+# ------------------------------------------------------------------------------------------ (4) termination
+def test_eos_and_budget_traces_terminate():
+    spec = (0, 2, 5)
+    table = make_costs(2, 5)
+    eos = make_trace(30, [1.0, 1.0], seed=5, eos=True)          # budget 40: drafts may reach EOS
+    budget = make_trace(30, [1.0, 1.0], seed=5)                   # T == max_new_tokens
+    assert eos.tokens[-1] == EOS_ID and budget.max_new_tokens == budget.length
+    for tr in (eos, budget):
+        for res in [solve(tr, table, spec)] + [evaluate_actions(tr, table, spec, lambda t, a=a: a)
+                                               for a in itertools.product(range(2), range(3))]:
+            assert res.tokens == 29
+            ret, tokens, _ = replay(tr, table, spec, res.actions)
+            assert tokens == 29
+    # At the budget's end the engine clips k: the last drafts are shorter than requested.
+    assert budget.outcome(27, 0, 5).drafted == 1
+    assert eos.outcome(27, 0, 5).drafted == 5 and eos.outcome(27, 0, 5).produced == 2
+
+
+# ------------------------------------------------------------------------------------------ (5) replay
+def test_actions_replay_to_reported_totals():
+    rng = np.random.default_rng(7)
+    spec = (0, 1, 2, 3, 4, 6, 8)
+    table = make_costs(5, 8)
+    for s in range(10):
+        tr = make_trace(int(rng.integers(2, 120)), rng.random(5), seed=s, eos=bool(s % 3 == 0))
+        for lam in (1.0, 0.5):
+            res = solve(tr, table, spec, lam=lam)
+            ret, tokens, cost = replay(tr, table, spec, res.actions, lam)
+            assert res.episode_return == pytest.approx(ret, abs=1e-9)
+            assert res.tokens == tokens == tr.length - 1
+            assert res.total_cost == pytest.approx(cost)
+            assert res.steps == len(res.actions)
+            assert res.speedup == pytest.approx(tokens * table[0, 0] / cost)
+            assert evaluate_actions(tr, table, spec, res.actions, lam) == res
+
+
+def test_evaluate_actions_checks_length():
+    tr = make_trace(10, [0.0, 0.0])
+    table = make_costs(2, 3)
+    with pytest.raises(ValueError, match="ran out"):
+        evaluate_actions(tr, table, SPEC, [(0, 0)] * 3)
+    with pytest.raises(ValueError, match="ended after"):
+        evaluate_actions(tr, table, SPEC, [(0, 0)] * 12)
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_actions(tr, table, SPEC, [(2, 0)] * 9)
+
+
+def test_bad_cost_table():
+    tr = make_trace(10, [0.5, 0.5])
+    with pytest.raises(ValueError, match="shape"):
+        solve(tr, make_costs(3, 3), SPEC)
+    with pytest.raises(ValueError, match="cover"):
+        solve(tr, make_costs(2, 2), SPEC)
+
+
+# ------------------------------------------------------------------------------------------ agent
+def test_oracle_agent_follows_solution():
+    spec = (0, 1, 2, 4)
+    table = make_costs(3, 4)
+    traces = TraceSet(tuple(make_trace(40 + 5 * i, [0.3, 0.8, 0.95], seed=i, prompt_index=10 + i)
+                            for i in range(3)), {})
+    agent = OracleAgent(traces, table, spec)
+    obs = np.zeros(4, np.float32)
+    for tr in traces.traces:
+        agent.reset(tr.prompt_index)
+        res = solve(tr, table, spec)
+        t, taken = 0, []
+        while t < tr.length - 1:
+            action, state = agent.predict(obs, deterministic=True)
+            assert state is None and action.shape == (2,)
+            taken.append((int(action[0]), int(action[1])))
+            t += tr.outcome(t, int(action[0]), spec[int(action[1])]).produced
+        assert tuple(taken) == res.actions
+        # Passing the position gives the DP policy there, on or off the optimal path.
+        action, _ = agent.predict(obs, position=1)
+        assert tuple(action) == tuple(agent.action_at(1))
+    with pytest.raises(KeyError):
+        agent.reset(0)
