@@ -106,7 +106,15 @@ class LEDEEnv(gym.Env):
 
     ## Starting State
     ``reset`` picks a prompt with ``self.np_random`` (or ``options={"prompt_index": i}``), prefills it (its cost
-    is in ``info["prefill_time"]``, not in the reward) and the full model's first token becomes pending.
+    is not in the reward; its wall time is in ``env.unwrapped.timing["prefill_time"]``) and the full model's
+    first token becomes pending. If the prefill alone ends the generation (EOS first), the next prompt is taken.
+
+    ## Info
+    The same keys at ``reset`` and every ``step``: ``prompt_index``, ``tokens`` (produced by the step), ``accepted``,
+    ``drafted``, ``cost`` (seconds, under the cost model), ``c_ar``, ``exit_layer``, ``k`` (-1 at reset),
+    ``prompt_ids`` (the tokens fed, after any chat template), ``generated_ids`` and ``text`` (their decoding).
+    The wall-clock variant adds ``wall_time`` and ``prefill_time``; ``LEDE-v0`` keeps measured times out of
+    ``info`` (in ``env.unwrapped.timing``) so that its steps are deterministic.
 
     ## Episode End
     ``terminated`` at EOS or after ``max_new_tokens`` generated tokens; ``truncated`` when the context window
@@ -287,7 +295,8 @@ class LEDEEnv(gym.Env):
 
     def _info(self, s: BackendStep | None, cost: float) -> dict:
         text = self._decode(self._generated) if self.text_in_info else ""
-        return {
+        self.timing = {"wall_time": (s.wall_time or 0.0) if s else 0.0, "prefill_time": self._prefill_time}
+        info = {
             "prompt_index": self._prompt_index,
             "tokens": len(s.tokens) if s else 0,
             "accepted": s.accepted if s else 0,
@@ -296,12 +305,13 @@ class LEDEEnv(gym.Env):
             "c_ar": self._c_ar,
             "exit_layer": s.exit_layer if s else -1,
             "k": s.k if s else -1,
-            "wall_time": (s.wall_time or 0.0) if s else 0.0,
-            "prefill_time": self._prefill_time,
             "prompt_ids": list(self._prompt_ids),
             "generated_ids": list(self._generated),
             "text": text,
         }
+        if self.config.cost_model == "wallclock":  # measured times make the info nondeterministic
+            info.update(self.timing)
+        return info
 
     # ------------------------------------------------------------------ rendering
     @property
