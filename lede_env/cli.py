@@ -32,6 +32,7 @@ def demo(model: str = typer.Option("smollm2-135m", help="Model name or local Lla
     """Generate from a few prompts with plain greedy and with self-speculative decoding, side by side."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from lede_env.defaults import default_static_action, resolve_exit_heads
     from lede_env.engine.decoder import SelfSpeculativeDecoder
@@ -40,7 +41,7 @@ def demo(model: str = typer.Option("smollm2-135m", help="Model name or local Lla
     from lede_env.render import LEGEND, mark_text, token_kinds, token_pieces
 
     _setup(threads)
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=max(100, Console().width))
     mdl, tok = load_model(model)
     exit_heads = resolve_exit_heads(heads, model, mdl)
     L0, k0 = default_static_action(model, exit_heads)
@@ -60,7 +61,7 @@ def demo(model: str = typer.Option("smollm2-135m", help="Model name or local Lla
         t_sp = time.perf_counter() - t0
         kinds = ["first"] + token_kinds((s.drafted, s.accepted, s.produced) for s in steps)
         console.print(f"[bold]Prompt[/] ({p.id}): {p.text[:200]}")
-        console.print(mark_text(token_pieces(tok, out), kinds, color=color), markup=False)
+        console.print(Text.from_ansi(mark_text(token_pieces(tok, out), kinds, color=color)))
         console.print()
         acc = sum(s.accepted for s in steps) / max(1, sum(s.drafted for s in steps))
         rows.append((p.id, len(ref) / t_ar, len(out) / t_sp, out == ref, acc, len(out) / max(1, len(steps))))
