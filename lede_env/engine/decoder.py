@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from lede_env.engine.limits import max_draft_length
+from lede_env.engine.stack import make_stack
 
 
 class HeadsLike(Protocol):
@@ -115,12 +115,15 @@ class SelfSpeculativeDecoder:
         probe_layers: layers whose hidden state's cosine similarity to the final one is reported per step.
         sampling: `SamplingConfig`; greedy by default.
         max_context: context window in tokens (default: the model's ``max_position_embeddings``).
+        path: execution path of the layer stack (`lede_env.engine.stack`); "eager" is transformers' own layers.
     """
 
     def __init__(self, model, exit_heads: HeadsLike | None = None, eos_token_id: int | Sequence[int] | None = None,
                  probe_layers: Sequence[int] = (), sampling: SamplingConfig | None = None,
-                 max_context: int | None = None):
+                 max_context: int | None = None, path: str = "eager"):
         self.model = model
+        self.stack = make_stack(model, path)
+        self.path = path
         self.layers = model.model.layers
         self.num_layers = len(self.layers)
         self.heads = exit_heads if exit_heads is not None else _IdentityHeads()
@@ -159,7 +162,7 @@ class SelfSpeculativeDecoder:
                              "Shorten the prompt or raise max_context.")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        self.cache = DynamicCache(config=self.model.config)
+        self.stack.reset()
         if seed is not None:
             self._gen.manual_seed(int(seed))
         _sync(self.device)
@@ -316,8 +319,7 @@ class SelfSpeculativeDecoder:
 
     def cache_lengths(self) -> list[int]:
         """Per-layer KV-cache length (for the invariant: committed length minus one)."""
-        return [self.cache.layers[i].get_seq_length() if i < len(self.cache.layers) else 0
-                for i in range(self.num_layers)]
+        return self.stack.lengths()
 
     # ------------------------------------------------------------------ internals
     def _check_layer(self, layer: int, what: str) -> None:
@@ -335,27 +337,11 @@ class SelfSpeculativeDecoder:
 
     def _run_layers(self, h: torch.Tensor, start: int, stop: int, q: int
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run layers ``start..stop-1`` on ``q`` new positions appended after their cached prefix.
-        Returns the output and the outputs of the probe layers in the range (``h_l`` = output of layer l-1)."""
-        past = self.cache.layers[start].get_seq_length() if start < len(self.cache.layers) else 0
-        positions = torch.arange(past, past + q, device=self.device)[None]
-        pos_emb = self.model.model.rotary_emb(h, positions)
-        mask = None
-        if q > 1 and past > 0:   # SDPA's is_causal aligns top-left: give the mask explicitly
-            mask = torch.ones(q, past + q, dtype=torch.bool, device=self.device).tril(past)[None, None]
-        probes: dict[int, torch.Tensor] = {}
-        for i in range(start, stop):
-            h = self.layers[i](h, attention_mask=mask, position_ids=positions, cache=self.cache,
-                               use_cache=True, position_embeddings=pos_emb)
-            if i + 1 in self.probe_layers:
-                probes[i + 1] = h
-        return h, probes
+        """Layers ``start..stop-1`` on ``q`` new positions; also the outputs of probe layers in the range."""
+        return self.stack.run(h, start, stop, self.probe_layers)
 
     def _crop(self, length: int) -> None:
-        for layer in self.cache.layers:
-            extra = layer.get_seq_length() - length
-            if extra > 0:
-                layer.crop(-extra)
+        self.stack.crop(length)
 
     def _warp(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities after temperature and top-p."""

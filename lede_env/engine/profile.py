@@ -139,7 +139,7 @@ def _median_time(fn, repeats: int, sync) -> float:
 
 
 def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_verify: int = 13,
-                    context: int = 128, repeats: int = 15, path: str = "eager", progress: bool = True
+                    context: int = 128, repeats: int = 15, progress: bool = True
                     ) -> LatencyProfile:
     """Measure a `LatencyProfile` with a `SelfSpeculativeDecoder` (its model, exit heads and dtype)."""
     import torch
@@ -204,7 +204,7 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
             head_cost.append(_median_time(head_once, repeats, sync))
     return LatencyProfile(
         model=model_name, dtype=str(dtype).removeprefix("torch."), device=dev.type, threads=torch.get_num_threads(),
-        path=path, exit_heads=getattr(decoder.heads, "kind", "identity"), num_layers=N, draft_cost=draft_cost,
+        path=decoder.path, exit_heads=getattr(decoder.heads, "kind", "identity"), num_layers=N, draft_cost=draft_cost,
         verify_cost=tuple(verify_cost), layer_cost=tuple(layer_cost), head_cost=tuple(head_cost), context=context,
         meta={"repeats": repeats, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "torch": torch.__version__})
