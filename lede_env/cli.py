@@ -136,6 +136,21 @@ def oracle(traces: str = typer.Option(..., help="Trace file from `lede trace`.")
     oracle_report(traces, spec_lengths=tuple(int(x) for x in spec_lengths.split(",")), lam=lam, threads=threads)
 
 
+@app.command()
+def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml)."),
+            overwrite: bool = typer.Option(False, help="Replace an existing dataset with the same id.")) -> None:
+    """Collect a Minari dataset of LEDE-v0 from a recipe (see datasets/README.md)."""
+    from lede_env.datasets import collect_from_recipe
+
+    try:
+        collect_from_recipe(recipe, overwrite=overwrite)
+    except FileExistsError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
 @app.command("bench-engine")
 def bench_engine(threads: int = typer.Option(2), n: int = typer.Option(4), max_new_tokens: int = typer.Option(64),
                  heads: str = typer.Option("default", help="'default', 'identity' or a path.")) -> None:

@@ -1,4 +1,4 @@
-"""Offline datasets of ``LEDE-v0`` in Minari: recipes, collection and loading for training (DESIGN.md section 3).
+"""Offline datasets of ``LEDE-v0`` in Minari: recipes, collection, loading for training (DESIGN.md section 3).
 
 Dataset ids follow Minari's convention ``lede/<model>-<promptset>/<behaviour>-v<N>``, for example
 ``lede/smollm2-135m-mixed-train/mixture-v0``. Datasets go to ``$MINARI_DATASETS_PATH`` (Minari's default
@@ -16,11 +16,13 @@ costs of a wall-clock environment.
 What is stored
 --------------
 Per episode (Minari's layout): observations ``[T+1, D]`` float32, actions ``[T, 2]`` int64 (``MultiDiscrete``
-indices ``[exit index, length index]``), rewards ``[T]`` float64, terminations, truncations, the reset seed,
-and ``infos`` (``[T+1]`` each, row 0 from ``reset``): ``prompt_index``, ``position`` (generated tokens before
-the step's pending token is counted, i.e. ``len(generated_ids)``), ``tokens``, ``accepted``, ``drafted``,
-``cost``, ``c_ar``, ``exit_layer``, ``k`` and ``component`` (the mixture component that acted, -1 otherwise);
-wall-clock environments add ``wall_time`` and ``prefill_time``. The reward is recomputable for any ``lam``::
+indices ``[exit index, length index]``), rewards ``[T]`` float64, terminations, truncations, and ``infos``
+(``[T+1]`` each, row 0 from ``reset``): ``prompt_index`` (index in the environment's prompt or trace set),
+``tokens``, ``accepted``, ``drafted``, ``cost`` and ``c_ar``; wall-clock environments add ``wall_time`` and
+``prefill_time``. The step's exit layer and ``k`` follow from the action and the action lists, the position
+from the running sum of ``tokens``: Minari's HDF5 writer spends ~2.5 KB per array per episode, so derivable
+keys are left out. Episode metadata: the reset ``seed`` and ``behaviour_component`` (the mixture component
+that acted, -1 for other behaviours). The reward is recomputable for any ``lam``::
 
     r = tokens - lam * cost / c_ar        (infos rows 1..T; `recompute_rewards`, `OfflineData.rewards_for`)
 
@@ -33,12 +35,13 @@ permalink, requirements, env and eval env specs) plus ``model``, ``dtype``, ``ex
 Why ``minari.create_dataset_from_buffers`` and not ``minari.DataCollector``
 -----------------------------------------------------------------------
 ``DataCollector`` needs the ``minari[create]`` extra, which pulls jax (~525 MB) just to append steps to
-Python lists, and it writes into the final dataset folder as it goes, so an interrupted run leaves a
-half-written dataset under the id. Building our own `minari.data_collector.EpisodeBuffer` per episode (plain
+Python lists; and its ``create_dataset`` first creates the dataset folder under the id, then moves the files
+into it one by one, so an interruption there leaves an empty or half-filled dataset under the id (and a killed
+run leaves a visible ``tmp*`` folder in the datasets root). Building our own `minari.data_collector.EpisodeBuffer` per episode (plain
 numpy, no jax) and writing them with ``create_dataset_from_buffers`` / ``update_dataset_from_buffer`` lets the
 collector control atomicity: everything is written under a hidden temporary ``MINARI_DATASETS_PATH``
-(``<root>/.lede-partial-<pid>-<hex>``, same file system, invisible to ``minari list``) and moved into place
-with one ``os.rename`` at the end. An interrupted collection (Ctrl-C, exception, crash) therefore leaves
+(``<root>/.lede-partial-<host>-<pid>-<hex>``, same file system, invisible to ``minari list``) and moved into
+place with one ``os.rename`` at the end. An interrupted collection (Ctrl-C, exception, crash) therefore leaves
 either the complete dataset or nothing under the id; temporary folders of dead processes are removed by the
 next collection. It also lets the collector call the agents' ``reset(info)`` / ``observe(info)`` hooks.
 """
@@ -51,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -65,17 +69,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["Recipe", "collect", "collect_from_recipe", "load_offline_arrays", "OfflineData", "DatasetMismatchError",
-           "recompute_rewards", "dataset_id_for", "check_compatible", "INFO_KEYS", "REWARD_DEFINITION"]
+__all__ = ["Recipe", "collect", "collect_from_recipe", "load_offline_arrays", "OfflineData",
+           "DatasetMismatchError", "recompute_rewards", "dataset_id_for", "check_compatible", "INFO_KEYS",
+           "REWARD_DEFINITION"]
 
 LEDE_DATASET_FORMAT = 1
-INFO_KEYS = ("prompt_index", "position", "tokens", "accepted", "drafted", "cost", "c_ar", "exit_layer", "k",
-             "component")
+INFO_KEYS = ("prompt_index", "tokens", "accepted", "drafted", "cost", "c_ar")
 WALLCLOCK_INFO_KEYS = ("wall_time", "prefill_time")
 _FLOAT_KEYS = {"cost", "c_ar", "wall_time", "prefill_time"}
-REWARD_DEFINITION = ("r = tokens - lam * cost / c_ar, with tokens, cost (seconds, under the cost model) and c_ar "
-                     "(cost of one plain autoregressive step) in infos rows 1..T; with lam = 1 the return is the "
-                     "number of tokens saved versus autoregressive decoding.")
+REWARD_DEFINITION = ("r = tokens - lam * cost / c_ar, with tokens, cost (seconds, under the cost model) "
+                     "and c_ar (cost of one plain autoregressive step) in infos rows 1..T; with lam = 1 the "
+                     "return is the number of tokens saved versus autoregressive decoding.")
 ACTION_DEFINITION = ("MultiDiscrete([J, K]): [index into exit_layers, index into spec_lengths] (k = 0: plain "
                      "autoregressive step); flat action j * K + kidx (lede_env.wrappers.FlattenAction).")
 _PARTIAL_PREFIX = ".lede-partial-"
@@ -124,7 +128,8 @@ class Recipe:
         try:
             env = json.loads(json.dumps(self.env))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"Recipe env must be JSON-safe (numbers, strings, lists, booleans): {e}") from None
+            raise ValueError(f"Recipe env must be JSON-safe (numbers, strings, lists, booleans): {e}"
+                             ) from None
         object.__setattr__(self, "env", env)
         if self.env_id not in gym.registry:
             import lede_env  # noqa: F401  (registers the ids)
@@ -135,7 +140,8 @@ class Recipe:
         if unknown:
             raise ValueError(f"Recipe env has unknown arguments {unknown}; LEDE-v0 takes {sorted(known)}.")
         try:
-            EnvConfig(**{**gym.spec(self.env_id).kwargs, **{k: v for k, v in env.items() if k != "render_mode"}})
+            args = {k: v for k, v in env.items() if k != "render_mode"}
+            EnvConfig(**{**gym.spec(self.env_id).kwargs, **args})
         except (TypeError, ValueError) as e:
             raise ValueError(f"Recipe env is invalid: {e}") from None
         object.__setattr__(self, "behaviour", check_behaviour_spec(self.behaviour))
@@ -162,8 +168,8 @@ class Recipe:
         known = {f.name for f in dataclasses.fields(cls)} - {"source"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown recipe keys {unknown}{f' in {source}' if source else ''}; a recipe takes "
-                             f"{sorted(known)}.")
+            where = f" in {source}" if source else ""
+            raise ValueError(f"Unknown recipe keys {unknown}{where}; a recipe takes {sorted(known)}.")
         missing = [k for k in ("env", "behaviour", "episodes") if k not in data]
         if missing:
             raise ValueError(f"The recipe{f' {source}' if source else ''} lacks {missing}.")
@@ -175,7 +181,8 @@ class Recipe:
         components as ``[[behaviour.components]]``)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"No recipe at {path} (recipes live in datasets/, see datasets/README.md).")
+            raise FileNotFoundError(f"No recipe at {path} (recipes live in datasets/, see "
+                                    "datasets/README.md).")
         with open(path, "rb") as f:
             try:
                 data = tomllib.load(f)
@@ -268,16 +275,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _temp_name(prefix: str) -> str:
+    """``<prefix><host>-<pid>-<random>``: whose it is, so that only this machine's dead ones are cleaned."""
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _clean_stale(root: Path) -> None:
-    """Remove temporary folders left by collections whose process is gone (killed, crashed)."""
+    """Remove temporary folders left by this machine's collections whose process is gone (killed, crashed)."""
     for d in root.iterdir() if root.is_dir() else ():
-        if d.is_dir() and d.name.startswith((_PARTIAL_PREFIX, _TRASH_PREFIX)):
-            try:
-                pid = int(d.name.split("-")[2])
-            except (IndexError, ValueError):
-                continue
-            if pid != os.getpid() and not _pid_alive(pid):
-                shutil.rmtree(d, ignore_errors=True)
+        for prefix in (_PARTIAL_PREFIX, _TRASH_PREFIX):
+            if d.is_dir() and d.name.startswith(prefix):
+                try:
+                    host, pid, _ = d.name[len(prefix):].rsplit("-", 2)
+                    pid = int(pid)
+                except ValueError:
+                    continue
+                if host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid):
+                    shutil.rmtree(d, ignore_errors=True)
 
 
 def _code_permalink() -> str:
@@ -390,7 +404,8 @@ def _run_episode(env: gym.Env, agent, seed: int, keys: tuple[str, ...], max_step
         hook(info)
     observe = getattr(agent, "observe", None)
     observations, actions, rewards, terms, truncs = [obs], [], [], [], []
-    rows = [_info_row(info, agent, keys)]
+    rows = [_info_row(info, keys)]
+    component = getattr(agent, "component", None)
     start = True
     while True:
         action, _ = agent.predict(obs, state=None, episode_start=np.array([start]), deterministic=False)
@@ -404,24 +419,21 @@ def _run_episode(env: gym.Env, agent, seed: int, keys: tuple[str, ...], max_step
         rewards.append(float(reward))
         terms.append(bool(term))
         truncs.append(bool(trunc))
-        rows.append(_info_row(info, agent, keys))
+        rows.append(_info_row(info, keys))
         if term or trunc:
             break
         if len(actions) >= max_steps:
             raise RuntimeError(f"An episode ran {max_steps} steps without ending: the environment is broken.")
-    infos = {k: np.array([r[k] for r in rows], dtype=np.float64 if k in _FLOAT_KEYS else np.int64) for k in keys}
-    return EpisodeBuffer(seed=int(seed), observations=np.stack(observations).astype(np.float32),
-                         actions=np.stack(actions), rewards=rewards, terminations=terms, truncations=truncs,
-                         infos=infos)
+    infos = {k: np.array([r[k] for r in rows], dtype=np.float64 if k in _FLOAT_KEYS else np.int64)
+             for k in keys}
+    buffer = EpisodeBuffer(seed=int(seed), observations=np.stack(observations).astype(np.float32),
+                           actions=np.stack(actions), rewards=rewards, terminations=terms, truncations=truncs,
+                           infos=infos)
+    return buffer, -1 if component is None else int(component)
 
 
-def _info_row(info: dict, agent, keys: tuple[str, ...]) -> dict:
-    comp = getattr(agent, "component", None)
-    row = {"position": len(info["generated_ids"]), "component": -1 if comp is None else int(comp)}
-    for k in keys:
-        if k not in row:
-            row[k] = info[k]
-    return row
+def _info_row(info: dict, keys: tuple[str, ...]) -> dict:
+    return {k: info[k] for k in keys}
 
 
 def _publish(src: Path, root: Path, dataset_id: str, overwrite: bool, namespace_description: str) -> Path:
@@ -440,9 +452,9 @@ def _publish(src: Path, root: Path, dataset_id: str, overwrite: bool, namespace_
         os.rename(src, dst)
         return dst
     if not overwrite:
-        raise FileExistsError(f"A dataset {dataset_id} appeared at {dst} while collecting; nothing was replaced "
-                              "(pass overwrite=True / --overwrite to replace it).")
-    trash = root / f"{_TRASH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        raise FileExistsError(f"A dataset {dataset_id} appeared at {dst} while collecting; nothing was "
+                              "replaced (pass overwrite=True / --overwrite to replace it).")
+    trash = root / _temp_name(_TRASH_PREFIX)
     os.rename(dst, trash)
     try:
         os.rename(src, dst)
@@ -457,9 +469,10 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
     """Collect ``recipe.episodes`` episodes into a Minari dataset and return it (`minari.MinariDataset`).
 
     ``overwrite``: replace an existing dataset with the same id (otherwise refuse with ``FileExistsError``).
-    ``progress``: a progress bar, and a final line saying where the dataset was stored. ``agent``: act with this
-    agent instead of the recipe's behaviour (any object with the SB3 ``predict``; the recipe's behaviour still
-    names the dataset unless ``recipe.name``/``dataset_id`` do): the result is then only as reproducible as it is.
+    ``progress``: a progress bar, and a final line saying where the dataset was stored. ``agent``: act with
+    this agent instead of the recipe's behaviour (any object with the SB3 ``predict``; the recipe's behaviour
+    still names the dataset unless ``recipe.name``/``dataset_id`` do): the result is then only as reproducible
+    as that agent.
     The dataset appears under its id only when complete (module docstring); on an interruption or error the
     partial data is removed, a message is printed to stderr and the exception propagates.
     """
@@ -487,11 +500,11 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
             algorithm = f"{algorithm}: {json.dumps(agent.config())}"
         model, prompts, split = _source_of(env)
         description = recipe.description or (
-            f"LEDE-v0 episodes ({env.unwrapped.config.backend} backend, {model}, prompts {prompts}:{split or 'all'}) "
-            f"under the behaviour policy {algorithm}.")
+            f"{recipe.env_id} episodes ({env.unwrapped.config.backend} backend, {model}, prompts "
+            f"{prompts}:{split or 'all'}) under the behaviour policy {algorithm}.")
 
         _clean_stale(root)
-        tmp = root / f"{_PARTIAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = root / _temp_name(_PARTIAL_PREFIX)
         tmp.mkdir(parents=True)
         done = steps = 0
         t0 = time.perf_counter()
@@ -500,12 +513,15 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
         try:
             dataset = None
             buffer: list = []
+            components: list[int] = []
             for i, seed in enumerate(seeds):
-                ep = _run_episode(env, agent, seed, keys, max_steps)
+                ep, component = _run_episode(env, agent, seed, keys, max_steps)
                 buffer.append(ep)
+                components.append(component)
                 done, steps = i + 1, steps + len(ep)
                 bar.update(1)
-                bar.set_postfix(steps=steps, steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
+                rate = steps / (time.perf_counter() - t0)
+                bar.set_postfix(steps=steps, steps_per_s=f"{rate:.0f}", refresh=False)
                 if len(buffer) >= _CHUNK_EPISODES or done == recipe.episodes:
                     if dataset is None:
                         with _datasets_path(tmp), warnings.catch_warnings():
@@ -515,10 +531,14 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
                                 author=recipe.author, author_email=recipe.author_email,
                                 code_permalink=recipe.code_permalink or _code_permalink(),
                                 description=description, data_format="hdf5", requirements=_requirements())
-                        dataset.storage.update_metadata(_lede_metadata(env, recipe, agent, buffer[0].infos["c_ar"][0]))
+                        dataset.storage.update_metadata(_lede_metadata(env, recipe, agent,
+                                                                       buffer[0].infos["c_ar"][0]))
                     else:
                         dataset.update_dataset_from_buffer(buffer)
-                    buffer = []
+                    first = done - len(buffer)
+                    dataset.storage.update_episode_metadata(
+                        [{"behaviour_component": c} for c in components], range(first, done))
+                    buffer, components = [], []
             seconds = time.perf_counter() - t0
             dataset.storage.update_metadata({"collection_seconds": round(seconds, 3),
                                              "collection_steps_per_s": round(steps / seconds, 1)})
@@ -528,8 +548,10 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
         except BaseException as e:
             bar.close()
             what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed ({type(e).__name__}: {e})"
-            print(f"Collection of {dataset_id} {what} after {done} of {recipe.episodes} episodes: nothing was "
-                  f"stored under {final} (the partial data was removed).", file=sys.stderr)
+            kept = (f"the existing dataset at {final} was left as it was" if final.exists()
+                    else f"nothing was stored under {final}")
+            print(f"Collection of {dataset_id} {what} after {done} of {recipe.episodes} episodes: {kept} "
+                  "(the partial data was removed).", file=sys.stderr)
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -555,8 +577,9 @@ class OfflineData:
     """Flat transition arrays of a LEDE dataset, ready for offline RL (``N`` steps, ``D`` features).
 
     ``observations`` / ``next_observations`` float32 ``[N, D]``; ``actions`` int64 ``[N]`` flat actions
-    (``j * K + kidx``, the `lede_env.wrappers.FlattenAction` encoding); ``multi_actions`` int64 ``[N, 2]`` (the
-    ``MultiDiscrete`` pair); ``rewards`` float64 ``[N]`` for ``lam``; ``terminals`` / ``timeouts`` bool ``[N]``
+    (``j * K + kidx``, the `lede_env.wrappers.FlattenAction` encoding); ``multi_actions`` int64 ``[N, 2]``
+    (the ``MultiDiscrete`` pair); ``rewards`` float64 ``[N]`` for ``lam``; ``terminals`` / ``timeouts`` bool
+    ``[N]``
     (Minari's terminations / truncations); ``episode_ids`` int64 ``[N]``; the reward's parts ``tokens``
     (int64), ``cost`` and ``c_ar`` (float64) for `rewards_for`. ``exit_layers``, ``spec_lengths`` and ``nvec``
     describe the actions; ``metadata`` is the dataset's metadata.
@@ -609,19 +632,20 @@ def check_compatible(metadata: dict, env: gym.Env, dataset_id: str = "the datase
     """Raise `DatasetMismatchError` naming every difference between a LEDE dataset's metadata and ``env``:
     environment version, action lists (exit layers, speculation lengths), observation layout."""
     if metadata.get("lede_format") is None:
-        raise DatasetMismatchError(f"{dataset_id} is not a LEDE gym dataset (its metadata has no 'lede_format'); "
-                                   "collect one with `lede collect`.")
+        raise DatasetMismatchError(f"{dataset_id} is not a LEDE gym dataset (its metadata has no "
+                                   "'lede_format'); collect one with `lede collect`.")
     if metadata["lede_format"] != LEDE_DATASET_FORMAT:
-        raise DatasetMismatchError(f"{dataset_id} has LEDE dataset format {metadata['lede_format']}, this code "
-                                   f"reads {LEDE_DATASET_FORMAT}: collect it again with this version.")
+        raise DatasetMismatchError(f"{dataset_id} has LEDE dataset format {metadata['lede_format']}, this "
+                                   f"code reads {LEDE_DATASET_FORMAT}: collect it again with this version.")
     base = env.unwrapped
     problems = []
     env_id = base.spec.id if base.spec is not None else "LEDE-v0"
     if metadata.get("env_version") != _env_version(env_id):
-        problems.append(f"environment version: dataset {metadata.get('env_id')} (v{metadata.get('env_version')}), "
-                        f"environment {env_id} (v{_env_version(env_id)})")
+        problems.append(f"environment version: dataset {metadata.get('env_id')} "
+                        f"(v{metadata.get('env_version')}), environment {env_id} (v{_env_version(env_id)})")
     if list(metadata["exit_layers"]) != list(base.exit_layers):
-        problems.append(f"exit_layers: dataset {list(metadata['exit_layers'])}, environment {list(base.exit_layers)}")
+        problems.append(f"exit_layers: dataset {list(metadata['exit_layers'])}, environment "
+                        f"{list(base.exit_layers)}")
     if list(metadata["spec_lengths"]) != list(base.config.spec_lengths):
         problems.append(f"spec_lengths: dataset {list(metadata['spec_lengths'])}, environment "
                         f"{list(base.config.spec_lengths)}")
@@ -633,15 +657,16 @@ def check_compatible(metadata: dict, env: gym.Env, dataset_id: str = "the datase
             diff = [f"feature names {theirs.get('names')} vs {ours.get('names')}"]
         problems.append("observation layout (dataset vs environment): " + "; ".join(diff))
     if problems:
-        raise DatasetMismatchError(f"{dataset_id} does not match this environment:\n  - " + "\n  - ".join(problems)
-                                   + "\nMake the environment with the dataset's arguments (metadata 'env_kwargs') "
-                                   "or collect a dataset for this environment.")
+        listing = "\n  - ".join(problems)
+        raise DatasetMismatchError(f"{dataset_id} does not match this environment:\n  - {listing}\nMake "
+                                   "the environment with the dataset's arguments (metadata 'env_kwargs') or "
+                                   "collect a dataset for this environment.")
 
 
 def load_offline_arrays(dataset, env: gym.Env, lam: float | None = None) -> OfflineData:
     """Flat arrays (`OfflineData`) of a LEDE Minari dataset (an id or a `minari.MinariDataset`) for training
-    an agent on ``env`` (wrapped or not). Checks first that the dataset's environment version, action lists and
-    observation layout match ``env`` (`check_compatible`; `DatasetMismatchError` names each mismatch).
+    an agent on ``env`` (wrapped or not). Checks first that the dataset's environment version, action lists
+    and observation layout match ``env`` (`check_compatible`; `DatasetMismatchError` names each mismatch).
 
     ``lam``: the reward weight of the returned ``rewards`` (default: ``env``'s). When it differs from the
     dataset's, the rewards are recomputed from the stored parts (``tokens - lam * cost / c_ar``); otherwise
@@ -657,7 +682,8 @@ def load_offline_arrays(dataset, env: gym.Env, lam: float | None = None) -> Offl
     base = env.unwrapped
     lam = float(base.config.lam if lam is None else lam)
     K = len(base.config.spec_lengths)
-    cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc", "ep", "tok", "cost", "car")}
+    names = ("obs", "next", "act", "rew", "term", "trunc", "ep", "tok", "cost", "car")
+    cols: dict[str, list] = {k: [] for k in names}
     for ep in dataset.iterate_episodes():
         obs = np.asarray(ep.observations, dtype=np.float32)
         cols["obs"].append(obs[:-1])
@@ -682,7 +708,8 @@ def load_offline_arrays(dataset, env: gym.Env, lam: float | None = None) -> Offl
     if lam != float(metadata["lam"]):
         rewards = cat["tok"] - lam * cat["cost"] / cat["car"]
     return OfflineData(dataset_id=dataset_id, observations=cat["obs"], actions=multi[:, 0] * K + multi[:, 1],
-                       multi_actions=multi, rewards=rewards, next_observations=cat["next"], terminals=cat["term"],
+                       multi_actions=multi, rewards=rewards, next_observations=cat["next"],
+                       terminals=cat["term"],
                        timeouts=cat["trunc"], episode_ids=cat["ep"], tokens=cat["tok"], cost=cat["cost"],
                        c_ar=cat["car"], lam=lam, exit_layers=tuple(base.exit_layers),
                        spec_lengths=tuple(base.config.spec_lengths), metadata=metadata)

@@ -1,0 +1,215 @@
+"""Baseline and behaviour agents (agents.baselines) on a replay environment built from synthetic traces."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import lede_env  # noqa: F401  (registers the ids)
+from agents import (Agent, AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent, RandomAgent, StaticAgent,
+                    behaviour_name, check_behaviour_spec, make_behaviour)
+from lede_env.engine.profile import LatencyProfile
+from lede_env.oracle import rollout_static, solve
+from lede_env.traces import Trace, TraceSet
+
+EXITS = (2, 4, 6)
+SPEC = (0, 1, 2, 3, 4)
+NUM_LAYERS = 8
+
+
+def _trace(index: int, T: int, agree_p, rng) -> Trace:
+    tokens = rng.integers(3, 50, size=T).astype(np.int64)
+    nxt = tokens[1:]
+    agree = rng.random((T - 1, len(EXITS))) < np.asarray(agree_p)[None, :]
+    draft = np.where(agree, nxt[:, None], (nxt[:, None] + 1) % 50).astype(np.int64)
+    return Trace(prompt_index=index, prompt_ids=np.arange(4, dtype=np.int64), tokens=tokens, exit_layers=EXITS,
+                 probe_layers=(3,), draft_tokens=draft, draft_maxprob=rng.random((T - 1, len(EXITS))).astype(np.float32),
+                 full_maxprob=rng.random(T - 1).astype(np.float32), full_entropy=rng.random(T - 1).astype(np.float32),
+                 probe_cos=rng.random((T - 1, 1)).astype(np.float32), eos=False, max_new_tokens=T, max_context=10_000)
+
+
+@pytest.fixture(scope="module")
+def replay_files(tmp_path_factory):
+    """Synthetic traces (deeper exits agree more often) and a latency profile: a replay env without a model."""
+    d = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    traces = tuple(_trace(i, 30, (0.3, 0.6, 0.85), rng) for i in range(5))
+    meta = {"model": "synthetic", "dtype": "float32", "exit_heads": "identity", "exit_layers": list(EXITS),
+            "probe_layers": [3], "max_new_tokens": 30, "vocab_size": 50, "num_layers": NUM_LAYERS,
+            "prompts": "synthetic:train"}
+    path = TraceSet(traces=traces, meta=meta).save(d / "traces.npz")
+    prof = LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager",
+                          exit_heads="identity", num_layers=NUM_LAYERS,
+                          draft_cost={L: 0.001 * L for L in EXITS},
+                          verify_cost=tuple(0.01 + 0.001 * q for q in range(8)),
+                          layer_cost=tuple(0.001 + 0.0001 * q for q in range(8)),
+                          head_cost=tuple(0.001 for _ in range(8)))
+    return {"traces": str(path), "profile": str(prof.save(d / "profile.json")), "set": TraceSet.load(path)}
+
+
+def make_env(files, **kw):
+    return gym.make("LEDE-v0", **{"backend": "replay", "traces": files["traces"], "profile": files["profile"],
+                                  "spec_lengths": SPEC, **kw})
+
+
+def play(env, agent, prompt_index, deterministic=True):
+    """One episode with the hooks, as the collector runs it; returns (return, actions)."""
+    obs, info = env.reset(options={"prompt_index": prompt_index})
+    agent.reset(info)
+    total, actions, start = 0.0, [], True
+    while True:
+        action, state = agent.predict(obs, episode_start=np.array([start]), deterministic=deterministic)
+        start = False
+        assert state is None and action.shape == (2,) and action.dtype == np.int64
+        assert env.action_space.contains(action)
+        obs, r, term, trunc, info = env.step(action)
+        agent.observe(info)
+        total += r
+        actions.append(tuple(int(a) for a in action))
+        if term or trunc:
+            return total, actions
+
+
+def test_random_agent_is_seeded_uniform_and_batched(replay_files):
+    env = make_env(replay_files)
+    a, b = RandomAgent(env, seed=1), RandomAgent(env, seed=1)
+    obs = np.zeros(env.observation_space.shape, np.float32)
+    xs = np.array([a.predict(obs)[0] for _ in range(3000)])
+    assert (xs == np.array([b.predict(obs)[0] for _ in range(3000)])).all()
+    assert set(map(tuple, xs)) == {(j, k) for j in range(len(EXITS)) for k in range(len(SPEC))}
+    batch, _ = a.predict(np.zeros((7, obs.size), np.float32))
+    assert batch.shape == (7, 2) and batch.dtype == np.int64
+
+
+def test_static_and_autoregressive_map_values_to_indices(replay_files):
+    env = make_env(replay_files)
+    obs = np.zeros(env.observation_space.shape, np.float32)
+    static = StaticAgent(env, exit_layer=4, k=3)
+    assert static.predict(obs)[0].tolist() == [1, 3]
+    assert static.predict(np.zeros((3, obs.size)))[0].tolist() == [[1, 3]] * 3
+    assert AutoregressiveAgent(env).predict(obs)[0].tolist() == [0, 0]
+    with pytest.raises(ValueError, match=r"Exit layer 5 is not one of the environment's exit layers \[2, 4, 6\]"):
+        StaticAgent(env, 5, 1)
+    with pytest.raises(ValueError, match="Speculation length 9"):
+        StaticAgent(env, 4, 9)
+    with pytest.raises(ValueError, match="Speculation length 0"):
+        AutoregressiveAgent(make_env(replay_files, spec_lengths=(1, 2)))
+    # Static return equals the oracle module's static rollout on the same trace.
+    base = env.unwrapped
+    table = base.profile.cost_table(EXITS, max(SPEC))
+    for i, tr in enumerate(replay_files["set"].traces):
+        ret, _ = play(env, StaticAgent(env, 6, 2), i)
+        assert ret == pytest.approx(rollout_static(tr, table, 2, 2).episode_return, rel=1e-9)
+
+
+def test_epsilon_oracle(replay_files):
+    env = make_env(replay_files)
+    table = env.unwrapped.profile.cost_table(EXITS, max(SPEC))
+    agent = EpsilonOracleAgent(env, epsilon=0.5, seed=0)
+    for i, tr in enumerate(replay_files["set"].traces):
+        best = solve(tr, table, SPEC)
+        ret, actions = play(env, agent, i, deterministic=True)       # deterministic: no noise
+        assert ret == pytest.approx(best.episode_return, rel=1e-9) and tuple(actions) == best.actions
+        for L in EXITS:
+            for k in SPEC:
+                assert ret >= play(env, StaticAgent(env, L, k), i)[0] - 1e-9
+    noisy = [play(env, EpsilonOracleAgent(env, epsilon=1.0, seed=s), 0, deterministic=False)[0] for s in range(3)]
+    assert max(noisy) < solve(replay_files["set"].traces[0], table, SPEC).episode_return
+    # Noise then recovery: the oracle acts optimally from wherever the episode is (never worse than the noise).
+    mid = [play(env, EpsilonOracleAgent(env, epsilon=0.3, seed=s), 1, deterministic=False)[0] for s in range(5)]
+    assert all(r <= solve(replay_files["set"].traces[1], table, SPEC).episode_return + 1e-9 for r in mid)
+
+
+def test_epsilon_oracle_on_a_subset_of_exit_layers(replay_files):
+    env = make_env(replay_files, exit_layers=(4, 6))
+    agent = EpsilonOracleAgent(env, 0.0)
+    table = env.unwrapped.profile.cost_table((4, 6), max(SPEC))
+    for i, tr in enumerate(replay_files["set"].traces):
+        sub = Trace(**{**{f: getattr(tr, f) for f in ("prompt_index", "prompt_ids", "tokens", "probe_layers",
+                                                      "full_maxprob", "full_entropy", "probe_cos", "eos",
+                                                      "max_new_tokens", "max_context")},
+                       "exit_layers": (4, 6), "draft_tokens": tr.draft_tokens[:, 1:],
+                       "draft_maxprob": tr.draft_maxprob[:, 1:]})
+        assert play(env, agent, i)[0] == pytest.approx(solve(sub, table, SPEC).episode_return, rel=1e-9)
+
+
+def test_epsilon_oracle_needs_replay_and_hooks(replay_files):
+    env = make_env(replay_files)
+    agent = EpsilonOracleAgent(env, 0.1)
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        agent.predict(obs)
+    with pytest.raises(ValueError, match="single environment"):
+        agent.predict(np.zeros((2, obs.size)))
+    live = SimpleNamespace(unwrapped=SimpleNamespace(config=SimpleNamespace(backend="live")))
+    with pytest.raises(ValueError, match="replay"):
+        EpsilonOracleAgent(live, 0.1)
+    with pytest.raises(ValueError, match="epsilon"):
+        EpsilonOracleAgent(env, 1.5)
+
+
+def test_mixture_picks_one_component_per_episode(replay_files):
+    env = make_env(replay_files)
+    spec = {"kind": "mixture", "components": [{"kind": "static", "exit_layer": 2, "k": 1, "weight": 3},
+                                               {"kind": "ar", "weight": 1}]}
+    mix = make_behaviour(spec, env, seed=5)
+    assert isinstance(mix, MixtureAgent) and mix.weights.tolist() == [0.75, 0.25]
+    picks = []
+    for ep in range(400):
+        _, actions = play(env, mix, ep % 5)
+        assert len(set(actions)) == 1                                 # one component for the whole episode
+        picks.append(mix.component)
+        assert actions[0] == ((0, 1) if mix.component == 0 else (0, 0))
+    assert abs(np.mean(np.array(picks) == 0) - 0.75) < 0.08
+    again = make_behaviour(spec, env, seed=5)
+    assert [(again.reset({}), again.component)[1] for _ in range(50)] == picks[:50]
+    # Without the hooks, a true episode_start draws a new component.
+    plain = make_behaviour(spec, env, seed=1)
+    obs = np.zeros(env.observation_space.shape, np.float32)
+    comps = set()
+    for _ in range(50):
+        plain.predict(obs, episode_start=np.array([True]))
+        comps.add(plain.component)
+        plain.predict(obs, episode_start=np.array([False]))
+    assert comps == {0, 1}
+
+
+def test_make_behaviour_builds_and_seeds(replay_files):
+    env = make_env(replay_files)
+    assert isinstance(make_behaviour({"kind": "random"}, env), RandomAgent)
+    assert isinstance(make_behaviour({"kind": "ar"}, env), AutoregressiveAgent)
+    assert isinstance(make_behaviour({"kind": "static", "exit_layer": 6, "k": 4}, env), StaticAgent)
+    assert isinstance(make_behaviour({"kind": "oracle", "epsilon": 0.2}, env), EpsilonOracleAgent)
+    spec = {"kind": "mixture", "components": [{"kind": "random"}, {"kind": "oracle", "epsilon": 0.5}]}
+    a, b, c = (make_behaviour(spec, env, seed=s) for s in (1, 1, 2))
+    runs = [[play(env, x, i, deterministic=False)[1] for i in range(5)] for x in (a, b, c)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_specs_names_save_load(replay_files, tmp_path):
+    env = make_env(replay_files)
+    for bad, match in [({"kind": "magic"}, "Unknown behaviour kind"), ({}, "kind"),
+                       ({"kind": "random", "epsilon": 0.1}, "does not take"),
+                       ({"kind": "oracle", "epsilon": 2}, "epsilon"),
+                       ({"kind": "mixture", "components": []}, "non-empty"),
+                       ({"kind": "mixture", "components": [{"kind": "mixture", "components": []}]}, "nested"),
+                       ({"kind": "mixture", "components": [{"kind": "ar", "weight": -1}]}, "weight"),
+                       ({"kind": "mixture", "components": [{"kind": "ar", "weight": 0}]}, "positive sum")]:
+        with pytest.raises(ValueError, match=match):
+            check_behaviour_spec(bad)
+    assert check_behaviour_spec({"kind": "ar"}) == {"kind": "autoregressive"}
+    names = [behaviour_name(s) for s in ({"kind": "random"}, {"kind": "ar"}, {"kind": "static", "exit_layer": 24,
+             "k": 3}, {"kind": "oracle"}, {"kind": "oracle", "epsilon": 0.2}, {"kind": "oracle", "epsilon": 0.125},
+             {"kind": "mixture", "components": [{"kind": "ar"}]})]
+    assert names == ["random", "ar", "static-L24-k3", "oracle", "oracle-eps20", "oracle-eps12_5", "mixture"]
+    spec = {"kind": "mixture", "components": [{"kind": "static", "exit_layer": 4, "k": 2, "weight": 1.0},
+                                               {"kind": "oracle", "epsilon": 0.1, "weight": 3.0}]}
+    agent = make_behaviour(spec, env, seed=0)
+    loaded = Agent.load(agent.save(tmp_path / "mix.json"), env, seed=0)
+    assert loaded.config() == agent.config() == check_behaviour_spec(
+        {"kind": "mixture", "components": [dict(spec["components"][0], weight=0.25),
+                                           dict(spec["components"][1], weight=0.75)]})
+    assert repr(StaticAgent(env, 4, 2)) == "StaticAgent(exit_layer=4, k=2)"
