@@ -1,5 +1,6 @@
 """Agents for LEDE gym, all with the stable-baselines3 ``predict(obs, state, episode_start, deterministic)``
-signature (`agents.base.Agent`). Baselines and behaviour policies: `agents.baselines`."""
+signature (`agents.base.Agent`). Baselines and behaviour policies: `agents.baselines`; a dataset recipe's behaviour
+agent and its collection (``lede collect``): `agents.behaviour`."""
 
 from agents.base import ActionLists, Agent, action_lists
 from agents.baselines import (AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent, RandomAgent, StaticAgent,

@@ -10,12 +10,12 @@ from lede_env.oracle import aggregate_speedup, best_static, solve
 from lede_env.traces import TraceSet
 
 
-def profile_for_traces(ts: TraceSet, threads: int = 2):
-    """The stored latency profile matching the traces' model, dtype and exit-head kind."""
+def profile_for_traces(ts: TraceSet, threads: int = 2, path: str = "auto"):
+    """The stored latency profile matching the traces' model, dtype and exit heads, for execution path ``path``."""
     from lede_env.engine.profile import find_profile
 
     m = ts.meta
-    return find_profile(m["model"], m["dtype"], "cpu", threads, "eager", m["exit_heads"])
+    return find_profile(m["model"], m["dtype"], "cpu", threads, path, m["exit_heads"])
 
 
 def oracle_summary(ts: TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[int], lam: float = 1.0) -> dict:
@@ -29,10 +29,14 @@ def oracle_summary(ts: TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[
             "tokens": int(sum(t.length - 1 for t in ts.traces))}
 
 
-def oracle_report(path: str, spec_lengths: Sequence[int], lam: float = 1.0, threads: int = 2) -> dict:
-    """Print the oracle and best static speedups of a trace file under its stored latency profile."""
+def oracle_report(path: str, spec_lengths: Sequence[int], lam: float = 1.0, threads: int = 2,
+                  profile: str | None = None, engine_path: str = "auto") -> dict:
+    """Print the oracle and best static speedups of a trace file under its stored latency profile (or the
+    profile JSON ``profile``)."""
+    from lede_env.engine.profile import LatencyProfile
+
     ts = TraceSet.load(path)
-    prof = profile_for_traces(ts, threads)
+    prof = LatencyProfile.load(profile) if profile else profile_for_traces(ts, threads, engine_path)
     table = prof.cost_table(ts.traces[0].exit_layers, max(spec_lengths))
     s = oracle_summary(ts, table, spec_lengths, lam)
     print(f"{path}: {len(ts)} traces, {s['tokens']} tokens; model {ts.meta['model']}, heads {ts.meta['exit_heads']}")

@@ -22,26 +22,28 @@ def _timed(fn):
 
 def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: int = 64,
         exit_layers: Sequence[int] = (8, 14, 20, 24, 27), spec_lengths: Sequence[int] = (1, 2, 4, 6),
-        heads: str = "default", prompts: str = "mixed:test") -> dict:
+        heads: str = "default", prompts: str = "mixed:test", path: str = "auto") -> dict:
     """Run the benchmark, print the tables, return the figures."""
     from lede_env.defaults import resolve_exit_heads
     from lede_env.engine.decoder import SelfSpeculativeDecoder
+    from lede_env.engine.profile import heads_label
     from lede_env.models import load_model
     from lede_env.prompts import encode_prompt, load_prompts
 
     console = Console(highlight=False)
     model, tok = load_model(model_name)
     exit_heads = resolve_exit_heads(heads, model_name, model)
-    dec = SelfSpeculativeDecoder(model, exit_heads=exit_heads, eos_token_id=tok.eos_token_id)
+    dec = SelfSpeculativeDecoder(model, exit_heads=exit_heads, eos_token_id=tok.eos_token_id, path=path)
     ids = [encode_prompt(tok, p.text, True) for p in load_prompts(prompts)[:n_prompts]]
     dec.generate(ids[0], 8)  # warm-up
-    ar_tps, gen_tps, refs = [], [], []
+    ar_tps, gen_tps, refs, eq = [], [], [], []
     for p in tqdm(ids, desc="plain greedy"):
         (out, _), t = _timed(lambda: dec.generate(p, max_new_tokens))
         ar_tps.append(len(out) / t)
         refs.append(out)
         g, t = _timed(lambda: model.generate(torch.tensor([p]), max_new_tokens=max_new_tokens, do_sample=False))
         gen_tps.append((g.shape[1] - len(p)) / t)
+        eq.append(g[0, len(p):].tolist() == out)
     grid = {}
     combos = [(L, k) for L in exit_layers for k in spec_lengths]
     for L, k in tqdm(combos, desc="static grid"):
@@ -53,7 +55,7 @@ def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: in
             tps.append(len(out) / len(steps) if steps else 1.0)
         grid[(L, k)] = (statistics.median(speedups), statistics.mean(tps), exact)
     console.print(f"[bold]{model_name}[/], {torch.get_num_threads()} threads, exit heads "
-                  f"{getattr(exit_heads, 'kind', 'identity')}, {len(ids)} prompts x {max_new_tokens} new tokens")
+                  f"{heads_label(exit_heads)}, path {dec.path}, {len(ids)} prompts x {max_new_tokens} new tokens")
     console.print(f"plain greedy, our engine:   {statistics.median(ar_tps):.1f} tokens/s (median)")
     console.print(f"plain greedy, model.generate: {statistics.median(gen_tps):.1f} tokens/s (median)")
     table = Table(title="static (L, k): speedup over plain greedy (median) / mean tokens per step")
@@ -67,4 +69,5 @@ def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: in
     best = max(grid, key=lambda c: grid[c][0])
     console.print(f"best static: L={best[0]}, k={best[1]}: {grid[best][0]:.2f}x; all exact: "
                   f"{all(v[2] for v in grid.values())}")
+    console.print(f"plain greedy output == model.generate on every prompt: {all(eq)}")
     return {"engine_tps": statistics.median(ar_tps), "generate_tps": statistics.median(gen_tps), "grid": grid}

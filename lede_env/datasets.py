@@ -8,10 +8,15 @@ Recipes
 -------
 A recipe (`Recipe`, one small TOML file under ``datasets/`` at the top of the repository) fixes everything a
 dataset depends on: the environment's arguments (``[env]``, passed to ``gym.make(env_id, **env)``), the
-behaviour policy (``[behaviour]``, see `agents.baselines`), the number of episodes and the seed. Collection is
-seeded (per-episode reset seeds and the behaviour's generators are children of ``seed``), so a recipe rebuilds
-its dataset exactly with one command (``lede collect --recipe datasets/<recipe>.toml``), except the measured
-costs of a wall-clock environment.
+behaviour policy (``[behaviour]``), the number of episodes and the seed. Collection is seeded (per-episode reset
+seeds and the behaviour's generators are children of ``seed``: `Recipe.episode_seeds`, `Recipe.behaviour_seed`),
+so a recipe rebuilds its dataset exactly with one command (``lede collect --recipe datasets/<recipe>.toml``),
+except the measured costs of a wall-clock environment.
+
+Layering: this module knows no agent. It stores the ``[behaviour]`` table as metadata without interpreting it,
+and `collect` takes an already-built policy (any object with the stable-baselines3 ``predict``). Building the
+behaviour agent of a recipe and collecting with it is `agents.behaviour` (``collect_from_recipe``,
+``collect_recipe``), which is what ``lede collect`` runs.
 
 What is stored
 --------------
@@ -69,7 +74,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["Recipe", "collect", "collect_from_recipe", "load_offline_arrays", "OfflineData",
+__all__ = ["Recipe", "collect", "check_writable", "load_offline_arrays", "OfflineData",
            "DatasetMismatchError", "recompute_rewards", "dataset_id_for", "check_compatible", "INFO_KEYS",
            "REWARD_DEFINITION"]
 
@@ -97,8 +102,9 @@ class DatasetMismatchError(ValueError):
 class Recipe:
     """Everything a dataset depends on. Build one directly (the CLI's flags) or with `Recipe.from_toml`.
 
-    Fields: ``env`` (JSON-safe keyword arguments of ``gym.make(env_id, **env)``), ``behaviour`` (a behaviour
-    spec, `agents.baselines.make_behaviour`), ``episodes``, ``seed``; ``dataset_id`` (default
+    Fields: ``env`` (JSON-safe keyword arguments of ``gym.make(env_id, **env)``), ``behaviour`` (a JSON-safe
+    table that describes the behaviour policy: stored, not interpreted here; `agents.behaviour` validates it and
+    builds the agent), ``episodes``, ``seed``; ``dataset_id`` (default
     ``lede/<model>-<promptset>/<name>-v<version>``, with ``name`` defaulting to the behaviour's short name);
     ``env_id`` (``"LEDE-v0"``, or ``"LEDE-WallClock-v0"`` for measured costs); ``author``, ``author_email``,
     ``description``, ``code_permalink`` (default: the git commit of this checkout). Relative paths in ``env``
@@ -120,7 +126,6 @@ class Recipe:
     source: str | None = field(default=None, compare=False)   # the TOML file it came from, if any
 
     def __post_init__(self) -> None:
-        from agents.baselines import check_behaviour_spec
         from lede_env.env import EnvConfig
 
         if not isinstance(self.env, dict):
@@ -144,7 +149,12 @@ class Recipe:
             EnvConfig(**{**gym.spec(self.env_id).kwargs, **args})
         except (TypeError, ValueError) as e:
             raise ValueError(f"Recipe env is invalid: {e}") from None
-        object.__setattr__(self, "behaviour", check_behaviour_spec(self.behaviour))
+        if not isinstance(self.behaviour, dict):
+            raise ValueError(f"Recipe behaviour must be a table (e.g. {{kind = 'random'}}), got {self.behaviour!r}.")
+        try:
+            object.__setattr__(self, "behaviour", json.loads(json.dumps(self.behaviour)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"Recipe behaviour must be JSON-safe: {e}") from None
         for name in ("episodes", "seed", "version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -194,13 +204,27 @@ class Recipe:
         """The recipe as stored in the dataset's metadata (JSON-safe)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def resolve_dataset_id(self, env: gym.Env) -> str:
-        """``dataset_id`` if set, else ``lede/<model>-<promptset>/<name>-v<version>`` for ``env``."""
+    def resolve_dataset_id(self, env: gym.Env, behaviour: str | None = None) -> str:
+        """``dataset_id`` if set, else ``lede/<model>-<promptset>/<name>-v<version>`` for ``env``, where ``name``
+        is the recipe's ``name``, else ``behaviour`` (the behaviour's short name), else the behaviour's kind."""
         if self.dataset_id:
             return self.dataset_id
-        from agents.baselines import behaviour_name
+        name = self.name or behaviour or str(self.behaviour.get("kind", "behaviour"))
+        return dataset_id_for(env, name, self.version)
 
-        return dataset_id_for(env, self.name or behaviour_name(self.behaviour), self.version)
+    def make_env(self) -> gym.Env:
+        """``gym.make(env_id, **env)``."""
+        return gym.make(self.env_id, **self.env)
+
+    def episode_seeds(self) -> list[int]:
+        """The reset seed of every episode (children of ``seed``)."""
+        env_seeds = np.random.SeedSequence(self.seed).spawn(2)[0]
+        return [int(s) for s in env_seeds.generate_state(self.episodes)]
+
+    @property
+    def behaviour_seed(self) -> int:
+        """The seed of the behaviour policy's generators (a child of ``seed``, independent of the resets)."""
+        return int(np.random.SeedSequence(self.seed).spawn(2)[1].generate_state(1)[0])
 
 
 def _check_dataset_id(dataset_id: str) -> None:
@@ -465,34 +489,46 @@ def _publish(src: Path, root: Path, dataset_id: str, overwrite: bool, namespace_
     return dst
 
 
-def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agent=None):
-    """Collect ``recipe.episodes`` episodes into a Minari dataset and return it (`minari.MinariDataset`).
+def check_writable(dataset_id: str, overwrite: bool = False) -> Path:
+    """The folder the dataset ``dataset_id`` goes to; ``FileExistsError`` if it exists and not ``overwrite``."""
+    final = _datasets_root() / dataset_id
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"The dataset {dataset_id} already exists at {final}: pass overwrite=True "
+                              "(lede collect --overwrite) to replace it, or bump the recipe's version.")
+    return final
 
+
+def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None = None, overwrite: bool = False,
+            progress: bool = True):
+    """Collect ``recipe.episodes`` episodes acted by ``agent`` into a Minari dataset and return it
+    (`minari.MinariDataset`). To collect a recipe with its own behaviour, use
+    `agents.behaviour.collect_recipe` (it builds the agent, seeded with `Recipe.behaviour_seed`, and calls this).
+
+    ``agent``: the behaviour policy, already built: any object with the stable-baselines3
+    ``predict(obs, state=None, episode_start=None, deterministic=True) -> (action, state)`` (called with
+    ``deterministic=False``). Optional: ``reset(info)`` after each ``env.reset`` and ``observe(info)`` after each
+    ``env.step``; ``name`` and ``config()`` (JSON-safe) for the metadata; ``component`` (the index of the mixture
+    component acting in this episode, read after ``reset``). The dataset is as reproducible as the agent.
+    ``env``: the recipe's environment if already made (``recipe.make_env()``; it is not closed), else one is made
+    and closed. ``name``: the behaviour part of the dataset id when the recipe sets neither ``name`` nor
+    ``dataset_id`` (default: the behaviour's ``kind``).
     ``overwrite``: replace an existing dataset with the same id (otherwise refuse with ``FileExistsError``).
-    ``progress``: a progress bar, and a final line saying where the dataset was stored. ``agent``: act with
-    this agent instead of the recipe's behaviour (any object with the SB3 ``predict``; the recipe's behaviour
-    still names the dataset unless ``recipe.name``/``dataset_id`` do): the result is then only as reproducible
-    as that agent.
+    ``progress``: a progress bar, and a final line saying where the dataset was stored.
     The dataset appears under its id only when complete (module docstring); on an interruption or error the
     partial data is removed, a message is printed to stderr and the exception propagates.
     """
     import minari
     from tqdm import tqdm
 
-    from agents.baselines import make_behaviour
-
+    if not callable(getattr(agent, "predict", None)):
+        raise TypeError(f"agent must have a stable-baselines3 predict method, got {agent!r}.")
     root = _datasets_root()
-    env = gym.make(recipe.env_id, **recipe.env)
+    own_env = env is None
+    env = recipe.make_env() if own_env else env
     try:
-        dataset_id = recipe.resolve_dataset_id(env)
-        final = root / dataset_id
-        if final.exists() and not overwrite:
-            raise FileExistsError(f"The dataset {dataset_id} already exists at {final}: pass overwrite=True "
-                                  "(lede collect --overwrite) to replace it, or bump the recipe's version.")
-        env_seeds, agent_seed = np.random.SeedSequence(recipe.seed).spawn(2)
-        if agent is None:
-            agent = make_behaviour(recipe.behaviour, env, seed=int(agent_seed.generate_state(1)[0]))
-        seeds = [int(s) for s in env_seeds.generate_state(recipe.episodes)]
+        dataset_id = recipe.resolve_dataset_id(env, name)
+        final = check_writable(dataset_id, overwrite)
+        seeds = recipe.episode_seeds()
         keys = _info_keys(env)
         max_steps = 4 * env.unwrapped.max_new_tokens + 16
         algorithm = getattr(agent, "name", type(agent).__name__)
@@ -556,7 +592,8 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        env.close()
+        if own_env:
+            env.close()
     with _datasets_path(root):
         dataset = minari.load_dataset(dataset_id)
     if progress:
@@ -564,11 +601,6 @@ def collect(recipe: Recipe, overwrite: bool = False, progress: bool = True, agen
         print(f"Stored {dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps, "
               f"{size / 1e6:.2f} MB, {steps / seconds:.0f} steps/s, at {final}")
     return dataset
-
-
-def collect_from_recipe(path: str | Path, overwrite: bool = False, progress: bool = True):
-    """`collect` the recipe in the TOML file ``path``."""
-    return collect(Recipe.from_toml(path), overwrite=overwrite, progress=progress)
 
 
 # ================================================================================================= loading

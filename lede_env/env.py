@@ -37,6 +37,7 @@ class EnvConfig:
     lam: float = 1.0
     exit_heads: str = "default"
     dtype: str = "float32"
+    engine_path: str = "auto"
     threads: int | None = None
     max_context: int | None = None
     text_in_info: bool | None = None
@@ -62,6 +63,9 @@ class EnvConfig:
             raise ValueError(f"spec_lengths must be distinct integers >= 0, got {self.spec_lengths}.")
         if self.exit_layers is not None and len(set(self.exit_layers)) != len(self.exit_layers):
             raise ValueError(f"exit_layers must be distinct, got {self.exit_layers}.")
+        from lede_env.engine.stack import resolve_path
+
+        resolve_path(self.engine_path)   # a clear error for an unknown path
         if not self.lam >= 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}.")
 
@@ -126,7 +130,8 @@ class LEDEEnv(gym.Env):
     ``traces`` (replay: path of a trace file from `lede trace`), ``max_new_tokens``, ``chat_template``,
     ``exit_layers``, ``spec_lengths``, ``probe_layers``, ``cost_model``, ``profile`` (path of a latency profile
     JSON; default: the stored one for this model and machine), ``lam``, ``exit_heads`` ("default", "identity"
-    or a path), ``dtype``, ``threads``, ``max_context``, ``text_in_info`` (decode the text into ``info`` at
+    or a path), ``dtype``, ``engine_path`` (execution path of the engine: "auto", "eager", "fast", ...; live
+    backend, and the latency profile looked up for either backend), ``threads``, ``max_context``, ``text_in_info`` (decode the text into ``info`` at
     every step; default on for live, off for replay where it would dominate the step time), ``render_mode``
     ("ansi").
 
@@ -153,6 +158,8 @@ class LEDEEnv(gym.Env):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.features = FeatureTracker(self.layout)
         self.text_in_info = cfg.text_in_info if cfg.text_in_info is not None else cfg.backend == "live"
+        self._wallclock = cfg.cost_model == "wallclock"
+        self._nvec = (J, K)
         self._c_ar = self._cost_of_ar()
         self._generated: list[int] = []
         self._kinds: list[tuple[int, int, int]] = []
@@ -185,8 +192,8 @@ class LEDEEnv(gym.Env):
         self.num_layers = N
         self.max_new_tokens = cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         self.backend = LiveBackend(model, tok, ids, self.probe_layers, self.max_new_tokens, exit_heads=self.heads,
-                                   max_context=cfg.max_context)
-        self.heads_kind = self.heads.kind
+                                   max_context=cfg.max_context, path=cfg.engine_path)
+        self.heads_kind = self.heads.label
 
     def _init_replay(self, cfg: EnvConfig) -> None:
         from lede_env.backends.replay import ReplayBackend
@@ -234,12 +241,13 @@ class LEDEEnv(gym.Env):
         else:
             model = cfg.model if cfg.backend == "live" else self.trace_meta["model"]
             dtype = cfg.dtype if cfg.backend == "live" else self.trace_meta["dtype"]
-            self.profile = find_profile(model, dtype, "cpu", cfg.threads or 2, "eager", self.heads_kind)
+            self.profile = find_profile(model, dtype, "cpu", cfg.threads or 2, cfg.engine_path, self.heads_kind)
         if self.profile.num_layers != self.num_layers:
             raise ValueError(f"The latency profile is for a {self.profile.num_layers}-layer model, this one has "
                              f"{self.num_layers}.")
         kmax = max(cfg.spec_lengths)
         self._cost_table = self.profile.cost_table(self.exit_layers, kmax)
+        self._cost_rows = self._cost_table.tolist()  # Python floats: no numpy indexing per step
         return self.profile.c_ar
 
     # ------------------------------------------------------------------ Gymnasium API
@@ -272,44 +280,53 @@ class LEDEEnv(gym.Env):
         return obs, info
 
     def step(self, action):
-        a = np.asarray(action).reshape(-1)
-        if a.shape != (2,) or not self.action_space.contains(a.astype(self.action_space.dtype)):
-            J, K = self.action_space.nvec
-            raise ValueError(f"Action {action!r} is outside MultiDiscrete([{J}, {K}]): give [exit index in 0..{J - 1} "
-                             f"(exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
-                             f"(speculation lengths {list(self.config.spec_lengths)})]. For a flat action use "
-                             "lede_env.wrappers.FlattenAction.")
-        j, kidx = int(a[0]), int(a[1])
-        L, k = self.exit_layers[j], self.config.spec_lengths[kidx]
+        j, kidx = self._action_indices(action)
+        cfg = self.config
+        L, k = self.exit_layers[j], cfg.spec_lengths[kidx]
         s = self.backend.step(L, k)
-        if self.config.cost_model == "wallclock":
-            cost = s.wall_time
-        else:
-            cost = float(self._cost_table[j, s.drafted])
         n = len(s.tokens)
-        reward = n - self.config.lam * cost / self._c_ar
+        cost = s.wall_time if self._wallclock else self._cost_rows[j][s.drafted]
+        reward = n - cfg.lam * cost / self._c_ar
         self._generated.extend(s.tokens)
         self._kinds.append((s.drafted, s.accepted, n))
         obs = self.features.update(s, len(self._generated), self.max_new_tokens)
         return obs, float(reward), bool(s.finished), bool(s.truncated), self._info(s, cost)
 
+    def _action_indices(self, action) -> tuple[int, int]:
+        """``[exit index, length index]`` as two ints, or a ``ValueError`` that says what the action space is
+        (the same test as ``action_space.contains`` after a cast to int64, without its per-call overhead)."""
+        a = action if type(action) is np.ndarray else np.asarray(action)
+        J, K = self._nvec
+        if a.size == 2 and a.dtype != object:
+            try:
+                j, kidx = a.reshape(-1).tolist()
+                j, kidx = int(j), int(kidx)
+            except (TypeError, ValueError, OverflowError):
+                pass
+            else:
+                if 0 <= j < J and 0 <= kidx < K:
+                    return j, kidx
+        raise ValueError(f"Action {action!r} is outside MultiDiscrete([{J}, {K}]): give [exit index in 0..{J - 1} "
+                         f"(exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
+                         f"(speculation lengths {list(self.config.spec_lengths)})]. For a flat action use "
+                         "lede_env.wrappers.FlattenAction.")
+
     def _info(self, s: BackendStep | None, cost: float) -> dict:
+        """The step's info. ``prompt_ids`` and ``generated_ids`` are fresh lists (an info never changes after
+        it was returned); the text is decoded only when ``text_in_info``."""
         text = self._decode(self._generated) if self.text_in_info else ""
-        self.timing = {"wall_time": (s.wall_time or 0.0) if s else 0.0, "prefill_time": self._prefill_time}
-        info = {
-            "prompt_index": self._prompt_index,
-            "tokens": len(s.tokens) if s else 0,
-            "accepted": s.accepted if s else 0,
-            "drafted": s.drafted if s else 0,
-            "cost": cost,
-            "c_ar": self._c_ar,
-            "exit_layer": s.exit_layer if s else -1,
-            "k": s.k if s else -1,
-            "prompt_ids": list(self._prompt_ids),
-            "generated_ids": list(self._generated),
-            "text": text,
-        }
-        if self.config.cost_model == "wallclock":  # measured times make the info nondeterministic
+        if s is None:
+            self.timing = {"wall_time": 0.0, "prefill_time": self._prefill_time}
+            info = {"prompt_index": self._prompt_index, "tokens": 0, "accepted": 0, "drafted": 0, "cost": cost,
+                    "c_ar": self._c_ar, "exit_layer": -1, "k": -1}
+        else:
+            self.timing = {"wall_time": s.wall_time or 0.0, "prefill_time": self._prefill_time}
+            info = {"prompt_index": self._prompt_index, "tokens": len(s.tokens), "accepted": s.accepted,
+                    "drafted": s.drafted, "cost": cost, "c_ar": self._c_ar, "exit_layer": s.exit_layer, "k": s.k}
+        info["prompt_ids"] = self._prompt_ids.copy()
+        info["generated_ids"] = self._generated.copy()
+        info["text"] = text
+        if self._wallclock:  # measured times make the info nondeterministic
             info.update(self.timing)
         return info
 

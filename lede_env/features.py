@@ -67,13 +67,20 @@ class ObservationLayout:
 
 
 class FeatureTracker:
-    """Keeps the running statistics and builds each observation."""
+    """Keeps the running statistics and builds each observation.
+
+    Every feature is written already inside its bounds (ratios by construction, probabilities and cosines
+    clamped), so an observation is a copy of the running vector: no array-wide clip per step."""
 
     def __init__(self, layout: ObservationLayout):
         self.layout = layout
         self.kmax = max(max(layout.spec_lengths), 1)
         self.log_vocab = math.log(layout.vocab_size)
+        P, J = len(layout.probe_layers), len(layout.exit_layers)
         self.col = {L: i for i, L in enumerate(layout.exit_layers)}
+        self._exit_frac = {L: i / max(1, J - 1) for i, L in enumerate(layout.exit_layers)}
+        self._ema = {L: 7 + P + i for i, L in enumerate(layout.exit_layers)}
+        self._cos = slice(7, 7 + P)
         self.obs = np.zeros(layout.size, dtype=np.float32)
         self.low, self.high = layout.bounds()
         self.reset(generated=1, max_new_tokens=1)
@@ -86,19 +93,23 @@ class FeatureTracker:
         return self.obs.copy()
 
     def update(self, s: BackendStep, generated: int, max_new_tokens: int) -> np.ndarray:
-        o, P = self.obs, len(self.layout.probe_layers)
-        J = len(self.layout.exit_layers)
-        o[0] = self.col[s.exit_layer] / max(1, J - 1)
-        o[1] = s.drafted / self.kmax
+        o, kmax = self.obs, self.kmax
+        o[0] = self._exit_frac[s.exit_layer]
+        o[1] = s.drafted / kmax
         rate = s.accepted / s.drafted if s.drafted else 0.0
         o[2] = rate
-        o[3] = len(s.tokens) / (self.kmax + 1)
-        o[4] = s.full_maxprob
-        o[5] = min(1.0, max(0.0, s.full_entropy / self.log_vocab))
-        o[6] = s.draft_maxprob
-        o[7:7 + P] = np.clip(s.probe_cos, -1.0, 1.0)
+        o[3] = len(s.tokens) / (kmax + 1)
+        o[4] = _unit(s.full_maxprob)
+        o[5] = _unit(s.full_entropy / self.log_vocab)
+        o[6] = _unit(s.draft_maxprob)
+        o[self._cos] = [-1.0 if c < -1.0 else (1.0 if c > 1.0 else c) for c in s.probe_cos]
         if s.drafted:
-            i = 7 + P + self.col[s.exit_layer]
+            i = self._ema[s.exit_layer]
             o[i] = (1 - EMA_WEIGHT) * o[i] + EMA_WEIGHT * rate
         o[-1] = min(1.0, generated / max_new_tokens)
-        return np.clip(o, self.low, self.high)
+        return o.copy()
+
+
+def _unit(x: float) -> float:
+    """``x`` clamped to ``[0, 1]``."""
+    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)

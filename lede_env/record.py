@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from lede_env.engine.profile import heads_label
 from lede_env.traces import Trace, TraceSet
 
 
@@ -62,7 +63,7 @@ def record_traces_for(model: str, prompts: str, out: str, limit: int | None = No
                                  probe_layers=probe_layers, max_context=max_context)
     plist = load_prompts(prompts)[:limit] if limit else load_prompts(prompts)
     ids = [encode_prompt(tok, p.text, chat_template) for p in plist]
-    meta = {"model": model, "dtype": dtype, "exit_heads": exit_heads.kind, "exit_heads_spec": heads,
+    meta = {"model": model, "dtype": dtype, "exit_heads": heads_label(exit_heads), "exit_heads_spec": heads,
             "exit_layers": list(exit_layers), "probe_layers": list(probe_layers), "max_new_tokens": max_new_tokens,
             "vocab_size": mdl.config.vocab_size, "num_layers": N, "prompts": prompts,
             "prompt_ids": [p.id for p in plist], "chat_template": chat_template, "max_context": dec.max_context}

@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny random Llama (fast tests) and the embedded SmolLM2 (slow tests)."""
 
+import json
 import os
 
 import pytest
@@ -15,6 +16,36 @@ def tiny():
 
     torch.set_num_threads(1)
     return load_model("tiny-random")
+
+
+TINY_EXITS = (1, 2, 3, 4, 5)
+TINY_SPEC = tuple(range(7))
+TINY_PROBES = (2, 4)
+TINY_MAX_NEW_TOKENS = 40
+TINY_TEXTS = ("hello world", "the quick brown fox", "speculative decoding", "abc def ghi", "lede gym", "tiny model")
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory, tiny):
+    """A prompt file, a measured latency profile and replay traces for the tiny model (built once per session):
+    ``{"prompts", "profile", "traces"}`` paths and ``n`` prompts. Exits `TINY_EXITS`, probes `TINY_PROBES`,
+    ``max_new_tokens`` `TINY_MAX_NEW_TOKENS`, identity heads, no chat template."""
+    from lede_env.engine.decoder import SelfSpeculativeDecoder
+    from lede_env.engine.profile import measure_profile
+    from lede_env.record import record_traces_for
+
+    d = tmp_path_factory.mktemp("tiny")
+    prompts = d / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TINY_TEXTS))
+    model, _ = tiny
+    dec = SelfSpeculativeDecoder(model, eos_token_id=[])
+    prof = measure_profile(dec, "tiny-random", TINY_EXITS, max_verify=max(TINY_SPEC) + 1, repeats=3, context=16,
+                           progress=False)
+    profile = prof.save(d / "profile.json")
+    _, traces = record_traces_for("tiny-random", str(prompts), str(d / "traces.npz"),
+                                  max_new_tokens=TINY_MAX_NEW_TOKENS, heads="identity", exit_layers=TINY_EXITS,
+                                  probe_layers=TINY_PROBES, chat_template=False, progress=False)
+    return {"prompts": str(prompts), "profile": str(profile), "traces": str(traces), "n": len(TINY_TEXTS)}
 
 
 @pytest.fixture(scope="session")

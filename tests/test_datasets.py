@@ -1,5 +1,6 @@
-"""Minari datasets of LEDE-v0 (lede_env.datasets): recipes, collection (round trip, reproducibility, overwrite,
-interruption) and loading for training (flat arrays, mismatch errors). Replay backend on the tiny model."""
+"""Minari datasets of LEDE-v0 (lede_env.datasets, and agents.behaviour for recipes with their behaviour agents):
+recipes, collection (round trip, reproducibility, overwrite, interruption), loading for training (flat arrays,
+mismatch errors) and layering (lede_env imports no agent). Replay backend on the tiny model."""
 
 from __future__ import annotations
 
@@ -18,40 +19,18 @@ import numpy as np
 import pytest
 
 import lede_env  # noqa: F401  (registers the ids)
+from agents.behaviour import check_recipe, collect_from_recipe, collect_recipe
 from lede_env import datasets as lds
-from lede_env.datasets import (DatasetMismatchError, Recipe, collect, collect_from_recipe, load_offline_arrays,
-                               recompute_rewards)
+from lede_env.datasets import DatasetMismatchError, Recipe, collect, load_offline_arrays, recompute_rewards
 from lede_env.wrappers import FlattenAction
 
-EXITS = (1, 2, 3, 4, 5)
-SPEC = tuple(range(7))
+from tests.conftest import TINY_EXITS as EXITS, TINY_SPEC as SPEC
+
 REPO = Path(__file__).resolve().parent.parent
 MIXTURE = {"kind": "mixture", "components": [{"kind": "random", "weight": 0.4},
                                              {"kind": "static", "exit_layer": 3, "k": 2, "weight": 0.2},
                                              {"kind": "ar", "weight": 0.1},
                                              {"kind": "oracle", "epsilon": 0.2, "weight": 0.3}]}
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, tiny):
-    """A prompt file, a latency profile and replay traces for the tiny model (the tests/test_env.py pattern)."""
-    from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.engine.profile import measure_profile
-    from lede_env.record import record_traces_for
-
-    d = tmp_path_factory.mktemp("tiny_ds")
-    prompts = d / "prompts.jsonl"
-    texts = ["hello world", "the quick brown fox", "speculative decoding", "abc def ghi", "lede gym", "tiny model"]
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    model, _ = tiny
-    dec = SelfSpeculativeDecoder(model, eos_token_id=[])
-    prof = measure_profile(dec, "tiny-random", EXITS, max_verify=max(SPEC) + 1, repeats=2, context=16,
-                           progress=False)
-    profile = prof.save(d / "profile.json")
-    _, traces = record_traces_for("tiny-random", str(prompts), str(d / "traces.npz"), max_new_tokens=32,
-                                  heads="identity", exit_layers=EXITS, probe_layers=(2, 4), chat_template=False,
-                                  progress=False)
-    return {"prompts": str(prompts), "profile": str(profile), "traces": str(traces), "n": len(texts)}
 
 
 @pytest.fixture
@@ -78,7 +57,7 @@ def leftovers(root: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ round trip
 def test_round_trip(tiny_setup, store):
-    ds = collect(recipe(tiny_setup), progress=False)
+    ds = collect_recipe(recipe(tiny_setup), progress=False)
     dataset_id = "lede/tiny-random-prompts/mixture-v0"
     assert ds.id == dataset_id and (store / dataset_id / "data").is_dir()
     assert dataset_id in minari.list_local_datasets() and not leftovers(store)
@@ -138,9 +117,9 @@ def test_round_trip(tiny_setup, store):
 
 
 def test_collection_is_reproducible(tiny_setup, store):
-    a = collect(recipe(tiny_setup, episodes=6, version=1), progress=False)
-    b = collect(recipe(tiny_setup, episodes=6, version=2), progress=False)
-    c = collect(recipe(tiny_setup, episodes=6, version=3, seed=4), progress=False)
+    a = collect_recipe(recipe(tiny_setup, episodes=6, version=1), progress=False)
+    b = collect_recipe(recipe(tiny_setup, episodes=6, version=2), progress=False)
+    c = collect_recipe(recipe(tiny_setup, episodes=6, version=3, seed=4), progress=False)
     assert {a.id, b.id, c.id} == {f"lede/tiny-random-prompts/mixture-v{v}" for v in (1, 2, 3)}
     env = gym.make("LEDE-v0", **env_kwargs(tiny_setup))
     da, db, dc = (load_offline_arrays(x, env) for x in (a, b, c))
@@ -153,7 +132,7 @@ def test_progress_output_and_minari_cli(tiny_setup, store, capsys):
     from typer.testing import CliRunner
     from minari.cli import app
 
-    ds = collect(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=3), progress=True)
+    ds = collect_recipe(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=3), progress=True)
     out = capsys.readouterr()
     assert ds.id == "lede/tiny-random-prompts/random-v0"
     assert f"Stored {ds.id}" in out.out and str(store / ds.id) in out.out
@@ -166,7 +145,7 @@ def test_progress_output_and_minari_cli(tiny_setup, store, capsys):
 
 # ------------------------------------------------------------------------------------------ loading checks
 def test_mismatch_errors_name_the_difference(tiny_setup, store):
-    ds = collect(recipe(tiny_setup, behaviour={"kind": "static", "exit_layer": 2, "k": 3}, episodes=2),
+    ds = collect_recipe(recipe(tiny_setup, behaviour={"kind": "static", "exit_layer": 2, "k": 3}, episodes=2),
                  progress=False)
     assert ds.id == "lede/tiny-random-prompts/static-L2-k3-v0"
     with pytest.raises(DatasetMismatchError, match=r"spec_lengths: dataset \[0, 1, 2, 3, 4, 5, 6\], environment"):
@@ -188,12 +167,12 @@ def test_mismatch_errors_name_the_difference(tiny_setup, store):
 # ------------------------------------------------------------------------------------------ overwrite, interruption
 def test_existing_dataset_is_not_overwritten(tiny_setup, store):
     r = recipe(tiny_setup, behaviour={"kind": "random"}, episodes=3)
-    first = collect(r, progress=False)
+    first = collect_recipe(r, progress=False)
     steps = first.total_steps
     with pytest.raises(FileExistsError, match="overwrite"):
-        collect(r, progress=False)
+        collect_recipe(r, progress=False)
     assert minari.load_dataset(first.id).total_steps == steps
-    again = collect(Recipe(**dict(r.to_dict(), episodes=5)), overwrite=True, progress=False)
+    again = collect_recipe(Recipe(**dict(r.to_dict(), episodes=5)), overwrite=True, progress=False)
     assert again.id == first.id and again.total_episodes == 5
     assert list(minari.list_local_datasets()) == [first.id] and not leftovers(store)
 
@@ -224,7 +203,7 @@ def test_exception_midway_leaves_nothing(tiny_setup, store, monkeypatch, capsys)
     assert not (store / "lede/tiny-random-prompts/random-v0").exists()
     assert minari.list_local_datasets() == {} and not leftovers(store)
     # An existing dataset survives a failed overwrite.
-    ok = collect(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=2), progress=False)
+    ok = collect_recipe(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=2), progress=False)
     with pytest.raises(RuntimeError):
         collect(r, overwrite=True, progress=False, agent=FailingAgent(60))
     assert minari.load_dataset(ok.id).total_episodes == 2 and not leftovers(store)
@@ -279,7 +258,7 @@ def test_signal_midway_leaves_nothing(tiny_setup, store, sig):
         assert not leftovers(store)
     else:   # a killed process cannot clean up: its hidden folder is removed by the next collection
         assert leftovers(store)
-        collect(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=1), progress=False)
+        collect_recipe(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=1), progress=False)
         assert not leftovers(store) and list(minari.list_local_datasets()) == [dataset_id]
 
 
@@ -288,12 +267,17 @@ def test_recipe_validation(tiny_setup, tmp_path):
     base = dict(env=env_kwargs(tiny_setup), behaviour={"kind": "random"}, episodes=3)
     Recipe(**base)
     for bad, match in [(dict(episodes=0), "episodes"), (dict(env={"nope": 1}), "unknown arguments"),
-                       (dict(env={"backend": "replay"}), "traces"), (dict(behaviour={"kind": "magic"}), "kind"),
-                       (dict(behaviour={"kind": "static", "exit_layer": 2}), "exit_layer and k"),
+                       (dict(env={"backend": "replay"}), "traces"), (dict(behaviour="random"), "behaviour"),
                        (dict(dataset_id="no version"), "Malformed"), (dict(env_id="CartPole-v9"), "env_id"),
                        (dict(name="a/b"), "name"), (dict(seed=1.5), "seed")]:
         with pytest.raises(ValueError, match=match):
             Recipe(**dict(base, **bad))
+    # The behaviour table is the agents' business: lede_env stores it, agents.behaviour checks it.
+    for bad, match in [(dict(behaviour={"kind": "magic"}), "kind"),
+                       (dict(behaviour={"kind": "static", "exit_layer": 2}), "exit_layer and k")]:
+        with pytest.raises(ValueError, match=match):
+            check_recipe(Recipe(**dict(base, **bad)))
+    assert check_recipe(Recipe(**dict(base, behaviour={"kind": "ar"}))).behaviour == {"kind": "autoregressive"}
     path = tmp_path / "r.toml"
     path.write_text('episodes = 2\nseed = 1\nsurprise = 3\n[env]\nbackend = "replay"\ntraces = "t.npz"\n'
                     '[behaviour]\nkind = "random"\n')
@@ -363,3 +347,29 @@ def test_repository_recipes_are_valid():
             assert "seed" in tomllib.load(f)
     assert backends == {"replay", "live"}
     assert not (REPO / "datasets" / "__init__.py").exists()
+
+
+# ------------------------------------------------------------------------------------------ layering
+def test_lede_env_does_not_import_agents():
+    code = ("import sys, lede_env, lede_env.datasets, lede_env.env, lede_env.backends.replay\n"
+            "print(sorted(m for m in sys.modules if m == 'agents' or m.startswith('agents.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_collect_takes_a_built_policy(tiny_setup, store):
+    """lede_env.datasets.collect with a policy built outside it: the recipe's behaviour seed reproduces the
+    dataset that agents.behaviour.collect_recipe records."""
+    from agents.behaviour import make_recipe_behaviour
+
+    r = recipe(tiny_setup, behaviour={"kind": "random"}, episodes=4)
+    env = r.make_env()
+    ds = collect(r, make_recipe_behaviour(r, env), env=env, progress=False)
+    assert ds.id == "lede/tiny-random-prompts/random-v0"
+    again = collect_recipe(Recipe(**dict(r.to_dict(), version=1)), progress=False)
+    da, db = (load_offline_arrays(x, env) for x in (ds, again))
+    np.testing.assert_array_equal(da.actions, db.actions)
+    np.testing.assert_array_equal(da.observations, db.observations)
+    with pytest.raises(TypeError, match="predict"):
+        collect(r, object(), progress=False)

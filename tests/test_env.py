@@ -1,7 +1,5 @@
 """LEDE-v0 on the tiny model: Gymnasium API, exactness, reward parts, live == replay, errors, rendering."""
 
-import json
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,35 +8,13 @@ from gymnasium.utils.env_checker import check_env
 import lede_env  # noqa: F401  (registers the ids)
 from lede_env.wrappers import FlattenAction, flatten_action, unflatten_action
 
-EXITS = (1, 2, 3, 4, 5)
-SPEC = tuple(range(7))
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, tiny):
-    """A prompt file, a latency profile and replay traces for the tiny model."""
-    from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.engine.profile import measure_profile
-    from lede_env.record import record_traces_for
-
-    d = tmp_path_factory.mktemp("tiny")
-    prompts = d / "prompts.jsonl"
-    texts = ["hello world", "the quick brown fox", "speculative decoding", "abc def ghi", "lede gym", "tiny model"]
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    model, _ = tiny
-    dec = SelfSpeculativeDecoder(model, eos_token_id=[])
-    prof = measure_profile(dec, "tiny-random", EXITS, max_verify=max(SPEC) + 1, repeats=3, context=16,
-                           progress=False)
-    profile = prof.save(d / "profile.json")
-    ts, traces = record_traces_for("tiny-random", str(prompts), str(d / "traces.npz"), max_new_tokens=40,
-                                   heads="identity", exit_layers=EXITS, probe_layers=(2, 4), chat_template=False,
-                                   progress=False)
-    return {"prompts": str(prompts), "profile": str(profile), "traces": str(traces), "n": len(texts)}
+from tests.conftest import TINY_EXITS as EXITS, TINY_MAX_NEW_TOKENS, TINY_PROBES, TINY_SPEC as SPEC
 
 
 def make(setup, **kw):
-    base = dict(model="tiny-random", prompts=setup["prompts"], profile=setup["profile"], max_new_tokens=40,
-                exit_layers=EXITS, spec_lengths=SPEC, probe_layers=(2, 4), chat_template=False, exit_heads="identity")
+    base = dict(model="tiny-random", prompts=setup["prompts"], profile=setup["profile"],
+                max_new_tokens=TINY_MAX_NEW_TOKENS, exit_layers=EXITS, spec_lengths=SPEC, probe_layers=TINY_PROBES,
+                chat_template=False, exit_heads="identity")
     base.update(kw)
     return gym.make("LEDE-v0", **base)
 

@@ -14,7 +14,8 @@ class LiveBackend:
     kind = "live"
 
     def __init__(self, model, tokenizer, prompts: Sequence[Sequence[int]], probe_layers: Sequence[int],
-                 max_new_tokens: int, exit_heads=None, max_context: int | None = None, sampling=None):
+                 max_new_tokens: int, exit_heads=None, max_context: int | None = None, sampling=None,
+                 path: str = "auto"):
         from lede_env.engine.decoder import SelfSpeculativeDecoder
 
         self.model, self.tokenizer = model, tokenizer
@@ -22,7 +23,7 @@ class LiveBackend:
         self.max_new_tokens = max_new_tokens
         self.decoder = SelfSpeculativeDecoder(model, exit_heads=exit_heads, eos_token_id=tokenizer.eos_token_id,
                                               probe_layers=probe_layers, max_context=max_context,
-                                              sampling=sampling)
+                                              sampling=sampling, path=path)
         self.probe_layers = tuple(probe_layers)
         for i, p in enumerate(self.prompts):
             if len(p) >= self.decoder.max_context:

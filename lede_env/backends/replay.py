@@ -3,8 +3,28 @@ Reproduces the live backend's accepted counts exactly under greedy decoding (see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lede_env.backends.base import BackendReset, BackendStep
-from lede_env.traces import TraceSet
+from lede_env.traces import Trace, TraceSet
+
+
+@dataclass(frozen=True, eq=False)
+class _Rows:
+    """A trace's per-position arrays as Python lists (built once per trace): a step reads a few scalars, and
+    indexing a list is several times cheaper than indexing numpy and converting the result."""
+
+    tokens: list[int]
+    full_maxprob: list[float]
+    full_entropy: list[float]
+    draft_maxprob: list[list[float]]
+    probe_cos: list[tuple[float, ...]]
+
+    @classmethod
+    def of(cls, tr: Trace) -> "_Rows":
+        return cls(tokens=tr.tokens.tolist(), full_maxprob=tr.full_maxprob.tolist(),
+                   full_entropy=tr.full_entropy.tolist(), draft_maxprob=tr.draft_maxprob.tolist(),
+                   probe_cos=[tuple(row) for row in tr.probe_cos.tolist()])
 
 
 class ReplayBackend:
@@ -20,31 +40,38 @@ class ReplayBackend:
         self.columns = {L: first.layer_index(L) for L in exit_layers}
         self.probe_layers = first.probe_layers
         self.max_new_tokens = first.max_new_tokens
-        self.trace = first
-        self.t = 0
+        self._rows: dict[int, _Rows] = {}
+        self._select(0)
 
     @property
     def num_prompts(self) -> int:
         return len(self.traces)
 
-    def reset(self, prompt_index: int) -> BackendReset:
+    def _select(self, prompt_index: int) -> None:
         self.trace = self.traces.traces[prompt_index]
+        rows = self._rows.get(prompt_index)
+        if rows is None:
+            rows = self._rows[prompt_index] = _Rows.of(self.trace)
+        self.rows = rows
         self.t = 0
-        return BackendReset(prompt_index, tuple(int(x) for x in self.trace.prompt_ids), int(self.trace.tokens[0]),
-                            0.0, self.trace.length == 1)
+
+    def reset(self, prompt_index: int) -> BackendReset:
+        self._select(prompt_index)
+        tr = self.trace
+        return BackendReset(prompt_index, tuple(tr.prompt_ids.tolist()), self.rows.tokens[0], 0.0, tr.length == 1)
 
     def step(self, exit_layer: int, k: int) -> BackendStep:
-        tr, t, j = self.trace, self.t, self.columns[exit_layer]
+        tr, rows, t, j = self.trace, self.rows, self.t, self.columns[exit_layer]
         out = tr.outcome(t, j, k)
-        last = t + out.produced - 1   # row of the last committed verified position
-        d = min(out.produced, out.drafted)
-        self.t = t + out.produced
+        produced = out.produced
+        last = t + produced - 1   # row of the last committed verified position
+        d = min(produced, out.drafted)
+        self.t = t + produced
         # A trace that ended neither at EOS nor at the budget ended at the full context window.
         truncated = out.finished and not tr.eos and tr.length < tr.max_new_tokens
         return BackendStep(
             exit_layer=exit_layer, k=k, drafted=out.drafted, accepted=out.accepted,
-            tokens=tuple(int(x) for x in tr.tokens[t + 1: t + 1 + out.produced]), wall_time=None,
-            full_maxprob=float(tr.full_maxprob[last]), full_entropy=float(tr.full_entropy[last]),
-            draft_maxprob=float(tr.draft_maxprob[t + d - 1, j]) if d > 0 else 0.0,
-            probe_cos=tuple(float(x) for x in tr.probe_cos[last]), finished=out.finished and not truncated,
-            truncated=truncated)
+            tokens=tuple(rows.tokens[t + 1: t + 1 + produced]), wall_time=None,
+            full_maxprob=rows.full_maxprob[last], full_entropy=rows.full_entropy[last],
+            draft_maxprob=rows.draft_maxprob[t + d - 1][j] if d > 0 else 0.0,
+            probe_cos=rows.probe_cos[last], finished=out.finished and not truncated, truncated=truncated)

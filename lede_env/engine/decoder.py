@@ -115,19 +115,32 @@ class SelfSpeculativeDecoder:
         probe_layers: layers whose hidden state's cosine similarity to the final one is reported per step.
         sampling: `SamplingConfig`; greedy by default.
         max_context: context window in tokens (default: the model's ``max_position_embeddings``).
-        path: execution path of the layer stack (`lede_env.engine.stack`); "eager" is transformers' own layers.
+        path: execution path of the layer stack (`lede_env.engine.stack`): "auto" (default: the fastest path
+            validated for the model's device and dtype), "eager" (transformers' own layers), "fast",
+            "fast-invariant", "fast-bf16".
     """
 
     def __init__(self, model, exit_heads: HeadsLike | None = None, eos_token_id: int | Sequence[int] | None = None,
                  probe_layers: Sequence[int] = (), sampling: SamplingConfig | None = None,
-                 max_context: int | None = None, path: str = "eager"):
+                 max_context: int | None = None, path: str = "auto"):
         self.model = model
         self.stack = make_stack(model, path)
-        self.path = path
+        self.path = self.stack.name   # the resolved path ("auto" becomes "fast" or "eager")
         self.layers = model.model.layers
         self.num_layers = len(self.layers)
         self.heads = exit_heads if exit_heads is not None else _IdentityHeads()
         self.device = next(model.parameters()).device
+        # Draft vocabulary (optional, carried by the exit heads): drafts are read from these tokens only, with
+        # a small LM head; the full head still verifies, so only the drafts (and their cost) change.
+        vocab = getattr(self.heads, "draft_vocab", None)
+        self.draft_vocab = None if vocab is None else torch.as_tensor(vocab, dtype=torch.long, device=self.device)
+        if self.draft_vocab is not None:
+            V = model.config.vocab_size
+            if self.draft_vocab.ndim != 1 or len(self.draft_vocab) == 0 or \
+                    int(self.draft_vocab.min()) < 0 or int(self.draft_vocab.max()) >= V:
+                raise ValueError(f"The exit heads' draft vocabulary must be a non-empty list of token ids in "
+                                 f"0..{V - 1} (this model's vocabulary); refit the heads for this model.")
+            self.stack.set_draft_vocab(self.draft_vocab)
         eos = eos_token_id if eos_token_id is not None else model.config.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         for layer in probe_layers:
@@ -208,7 +221,7 @@ class SelfSpeculativeDecoder:
                 h, probes = self._run_layers(self._embed(token), 0, L, 1)
                 draft_hidden.append(h)
                 draft_probes.append(probes)
-                logits = self._logits(self.heads.apply(L, h[:, -1]))
+                logits = self._draft_logits(self.heads.apply(L, h[:, -1]))
                 draft_logits.append(logits[0])
                 token = int(self._pick(logits)[0])
                 drafts.append(token)
@@ -291,12 +304,12 @@ class SelfSpeculativeDecoder:
             self.probe_layers = saved
         with torch.inference_mode():
             rows = torch.cat([self.heads.apply(L, captured[L][:, -1]) for L in exit_layers])
-            logits = self._logits(rows)
+            logits = self._draft_logits(rows)
             top2 = logits.float().topk(2, dim=-1).values
             args, maxp, _ = _confidence(logits)
             for i, L in enumerate(exit_layers):
                 if float(top2[i, 0] - top2[i, 1]) < 1e-3 * max(1.0, float(top2[i, 0].abs())):
-                    single = self._logits(self.heads.apply(L, captured[L][:, -1]))[0]
+                    single = self._draft_logits(self.heads.apply(L, captured[L][:, -1]))[0]
                     a, p, _ = _confidence(single)
                     args[i], maxp[i] = a, p
         union = tuple(sorted(set(saved) | {int(x) for x in exit_layers}))
@@ -333,7 +346,17 @@ class SelfSpeculativeDecoder:
         return self.model.model.embed_tokens(torch.tensor([[token]], device=self.device))
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(h))
+        """Final norm + LM head, on the execution path's own kernels (the same function on every path)."""
+        return self.stack.logits(h)
+
+    def _draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of a draft from ``head(h_L)`` [rows, hidden]: the full LM head, or with a draft vocabulary
+        the small head over its tokens, scattered into a full-width row (other tokens get -1e4: probability 0)."""
+        if self.draft_vocab is None:
+            return self._logits(h)
+        sub = self.stack.draft_logits(h)
+        out = torch.full((*sub.shape[:-1], self.model.config.vocab_size), -1e4, dtype=sub.dtype, device=sub.device)
+        return out.index_copy_(-1, self.draft_vocab, sub)
 
     def _run_layers(self, h: torch.Tensor, start: int, stop: int, q: int
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

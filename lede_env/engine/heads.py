@@ -5,9 +5,13 @@ The full model is never changed: heads only change drafts, so decoding stays exa
 
 * ``identity``: the plain (LayerSkip) early exit ``lm_head(norm(h_L))``; applies to any layer.
 * ``ridge``:    per-layer affine map ``h_L -> W h_L + b`` fitted by ridge regression onto ``h_N``.
-* ``kl``:       the same affine map, then trained with KL(full softmax || head softmax) through the frozen norm
-                and LM head (initialised from ridge).
+* ``kl``:       the same affine map, then trained with KL(full softmax || head softmax) through the frozen
+                norm and LM head (initialised from ridge).
 * ``kl-mlp``:   affine map plus a residual MLP (``W h + b + down(silu(up(h)))``), KL-trained.
+
+Heads may carry a *draft vocabulary*: the token ids drafts are read from, through a small LM head made of those
+rows of the model's head (on SmolLM2 the full head is about a sixth of a 30-layer step; the tokens the model
+actually emits are a fraction of its 49,152). The full head still verifies, so decoding stays exact.
 
 Fitting lives in `lede_env.engine.fit_heads`. Storage: one safetensors file with the weights (tensor names
 ``"<layer>.<param>"``) and the JSON metadata both embedded in it (key ``"lede_heads"``) and written beside it.
@@ -41,7 +45,7 @@ class AffineHead(nn.Module):
             self.affine.bias.zero_()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.affine(h)
+        return nn.functional.linear(h, self.affine.weight, self.affine.bias)
 
 
 class AffineMLPHead(nn.Module):
@@ -80,8 +84,9 @@ class ExitHeads:
     model name, training data description, fit figures).
     """
 
-    def __init__(self, kind: str, heads: Mapping[int, nn.Module] | None = None, hidden_size: int | None = None,
-                 arch: str | None = None, mlp_width: int = 0, meta: dict | None = None):
+    def __init__(self, kind: str, heads: Mapping[int, nn.Module] | None = None,
+                 hidden_size: int | None = None, arch: str | None = None, mlp_width: int = 0,
+                 meta: dict | None = None, draft_vocab=None):
         if kind not in HEAD_KINDS:
             raise ValueError(f"Unknown exit-head kind {kind!r}; choose one of {HEAD_KINDS}.")
         heads = dict(heads or {})
@@ -100,9 +105,12 @@ class ExitHeads:
         if hidden_size is None and heads:
             hidden_size = next(iter(heads.values())).affine.in_features
         self.hidden_size = hidden_size
+        # Draft vocabulary: token ids the drafts are read from (a small LM head; None = the whole vocabulary).
+        self.draft_vocab = None if draft_vocab is None else torch.as_tensor(draft_vocab, dtype=torch.long).unique()
         self.meta: dict = dict(meta or {})
-        self.meta.update(kind=self.kind, layers=list(self.layers), hidden_size=self.hidden_size, arch=self.arch,
-                         mlp_width=self.mlp_width)
+        self.meta.update(kind=self.kind, layers=list(self.layers), hidden_size=self.hidden_size,
+                         arch=self.arch, mlp_width=self.mlp_width,
+                         draft_vocab_size=None if self.draft_vocab is None else len(self.draft_vocab))
         self._sync_param_info()
 
     # ------------------------------------------------------------------ use
@@ -110,6 +118,11 @@ class ExitHeads:
         p = next(self.modules.parameters(), None)
         self._dtype = p.dtype if p is not None else None
         self._device = p.device if p is not None else None
+
+    @property
+    def label(self) -> str:
+        """The kind, with "+vocab" when drafts read a draft vocabulary (keys latency profiles and traces)."""
+        return self.kind if self.draft_vocab is None else f"{self.kind}+vocab"
 
     def has(self, layer: int) -> bool:
         return self.kind == "identity" or str(int(layer)) in self.modules
@@ -121,15 +134,18 @@ class ExitHeads:
         head = self.modules[str(int(layer))] if str(int(layer)) in self.modules else None
         if head is None:
             raise ValueError(
-                f"No exit head of kind {self.kind!r} for layer {layer}; available layers: {list(self.layers)}. "
-                "Fit heads for this layer (`lede fit-heads --layers ...`) or use identity heads."
+                f"No exit head of kind {self.kind!r} for layer {layer}; "
+                f"available layers: {list(self.layers)}. Fit heads for this layer "
+                "(`lede fit-heads --layers ...`) or use identity heads."
             )
         if h.shape[-1] != self.hidden_size:
-            raise ValueError(f"Exit head expects hidden size {self.hidden_size}, got h of shape {tuple(h.shape)}.")
-        with torch.no_grad():
-            if h.dtype != self._dtype or h.device != self._device:
-                return head(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
-            return head(h)
+            raise ValueError(f"Exit head expects hidden size {self.hidden_size}, "
+                             f"got h of shape {tuple(h.shape)}.")
+        # Parameters never require grad, so no graph is recorded for a plain ``h``; ``forward`` skips the
+        # module-call machinery (this is on the per-token drafting path).
+        if h.dtype != self._dtype or h.device != self._device:
+            return head.forward(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
+        return head.forward(h)
 
     __call__ = apply
 
@@ -143,8 +159,16 @@ class ExitHeads:
         mods = self.modules.values() if layer is None else [self.modules[str(int(layer))]]
         return sum(p.numel() for m in mods for p in m.parameters())
 
+    def with_draft_vocab(self, draft_vocab) -> "ExitHeads":
+        """The same heads (shared modules) with another draft vocabulary (None: the whole vocabulary)."""
+        heads = {int(k): m for k, m in self.modules.items()}
+        return ExitHeads(self.kind, heads, hidden_size=self.hidden_size, arch=self.arch, mlp_width=self.mlp_width,
+                         meta=self.meta, draft_vocab=draft_vocab)
+
     def __repr__(self) -> str:
-        return f"ExitHeads(kind={self.kind!r}, arch={self.arch!r}, layers={list(self.layers)}, hidden={self.hidden_size})"
+        vocab = "" if self.draft_vocab is None else f", draft_vocab={len(self.draft_vocab)} tokens"
+        return (f"ExitHeads(kind={self.kind!r}, arch={self.arch!r}, layers={list(self.layers)}, "
+                f"hidden={self.hidden_size}{vocab})")
 
     # ------------------------------------------------------------ storage
     @staticmethod
@@ -154,17 +178,20 @@ class ExitHeads:
             return path, path.with_suffix(".json")
         return path / WEIGHTS_FILE, path / META_FILE
 
-    def save(self, path) -> None:
+    def save(self, path, dtype: torch.dtype | None = None) -> None:
         """Save to ``path``: a directory (``heads.safetensors`` + ``heads.json`` inside it) or a
-        ``*.safetensors`` file (metadata also written beside it as ``*.json``)."""
+        ``*.safetensors`` file (metadata also written beside it as ``*.json``). ``dtype`` stores the weights in
+        another dtype (float16 halves the file; loading casts them back to the model's dtype)."""
         from safetensors.torch import save_file
 
         weights, meta_path = self._paths(path)
         weights.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{k}.{name}": t.detach().to("cpu").contiguous()
+        tensors = {f"{k}.{name}": t.detach().to("cpu", dtype or t.dtype).contiguous()
                    for k, m in self.modules.items() for name, t in m.state_dict().items()}
+        if self.draft_vocab is not None:
+            tensors["_draft_vocab"] = self.draft_vocab.to("cpu", torch.int32).contiguous()
         meta = dict(self.meta, format_version=FORMAT_VERSION)
-        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        text = json.dumps(meta, indent=2, default=str)
         if not tensors:  # safetensors refuses nothing at all on some versions: keep one marker tensor
             tensors = {"_identity": torch.zeros(1)}
         save_file(tensors, str(weights), metadata={_META_KEY: text})
@@ -187,9 +214,11 @@ class ExitHeads:
             raise ValueError(f"{weights} carries no exit-head metadata (key {_META_KEY!r}).")
         meta = json.loads(raw)
         kind = meta["kind"]
-        if kind == "identity":
-            return cls("identity", meta=meta)
         state = load_file(str(weights))
+        vocab = state.pop("_draft_vocab", None)
+        vocab = None if vocab is None else vocab.long()
+        if kind == "identity":
+            return cls("identity", meta=meta, draft_vocab=vocab)
         hidden, arch, width = int(meta["hidden_size"]), meta["arch"], int(meta.get("mlp_width", 0))
         heads = {}
         for layer in meta["layers"]:
@@ -197,12 +226,11 @@ class ExitHeads:
             prefix = f"{int(layer)}."
             head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             heads[int(layer)] = head
-        out = cls(kind, heads, hidden_size=hidden, arch=arch, mlp_width=width, meta=meta)
-        if device is not None or dtype is not None:
-            out.to(device=device, dtype=dtype)
+        out = cls(kind, heads, hidden_size=hidden, arch=arch, mlp_width=width, meta=meta, draft_vocab=vocab)
+        out.to(device=device, dtype=dtype or torch.float32)   # stored float16 weights come back as float32
         return out
 
 
-def identity_heads() -> ExitHeads:
-    """The plain early exit: ``apply(layer, h) == h`` for every layer."""
-    return ExitHeads("identity")
+def identity_heads(draft_vocab=None) -> ExitHeads:
+    """The plain early exit: ``apply(layer, h) == h`` for every layer (optionally with a draft vocabulary)."""
+    return ExitHeads("identity", draft_vocab=draft_vocab)

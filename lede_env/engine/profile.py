@@ -111,20 +111,30 @@ class LatencyProfile:
         return cls(**data)
 
 
+def heads_label(heads) -> str:
+    """How exit heads key a profile or a trace: their ``label`` (kind, "+vocab" with a draft vocabulary)."""
+    return getattr(heads, "label", getattr(heads, "kind", "identity"))
+
+
 def profile_key(model: str, dtype: str, device: str, threads: int, path: str = "eager",
                 exit_heads: str = "identity") -> str:
     return f"{model}_{dtype}_{device}_t{threads}_{path}_{exit_heads}".replace("/", "-")
 
 
-def find_profile(model: str, dtype: str = "float32", device: str = "cpu", threads: int = 2, path: str = "eager",
+def find_profile(model: str, dtype: str = "float32", device: str = "cpu", threads: int = 2, path: str = "auto",
                  exit_heads: str = "identity") -> LatencyProfile:
-    """The user's measured profile for this key, else the one shipped in the package, else a clear error."""
+    """The user's measured profile for this key, else the one shipped in the package, else a clear error.
+    ``path="auto"`` looks up the path the engine would run by default (`lede_env.engine.stack.resolve_path`)."""
+    from lede_env.engine.stack import resolve_path
+
+    path = resolve_path(path, device, dtype)
     key = profile_key(model, dtype, device, threads, path, exit_heads)
     for folder in (artifacts_dir() / "profiles", PACKAGE_DATA / "profiles"):
         if (folder / f"{key}.json").is_file():
             return LatencyProfile.load(folder / f"{key}.json")
     raise FileNotFoundError(f"No latency profile for {key}. Measure one with `lede profile --model {model} "
-                            f"--dtype {dtype} --threads {threads}` (about a minute), or pass cost_model='wallclock'.")
+                            f"--dtype {dtype} --threads {threads} --path {path} --heads {exit_heads}` (about a minute), or pass "
+                            "cost_model='wallclock'.")
 
 
 def _median_time(fn, repeats: int, sync) -> float:
@@ -170,7 +180,7 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
 
                 def draft_once():
                     h, _ = decoder._run_layers(decoder._embed(decoder.tokens[-1]), 0, L, 1)
-                    logits = decoder._logits(decoder.heads.apply(L, h[:, -1]))
+                    logits = decoder._draft_logits(decoder.heads.apply(L, h[:, -1]))
                     int(decoder._pick(logits)[0])
                     _confidence(logits[0])
                     decoder._crop(base)
@@ -204,7 +214,7 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
             head_cost.append(_median_time(head_once, repeats, sync))
     return LatencyProfile(
         model=model_name, dtype=str(dtype).removeprefix("torch."), device=dev.type, threads=torch.get_num_threads(),
-        path=decoder.path, exit_heads=getattr(decoder.heads, "kind", "identity"), num_layers=N, draft_cost=draft_cost,
+        path=decoder.path, exit_heads=heads_label(decoder.heads), num_layers=N, draft_cost=draft_cost,
         verify_cost=tuple(verify_cost), layer_cost=tuple(layer_cost), head_cost=tuple(head_cost), context=context,
         meta={"repeats": repeats, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "torch": torch.__version__})

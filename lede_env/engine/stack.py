@@ -6,6 +6,20 @@ path (static cache, fused weights, compiled layers) plugs in without touching th
                                        returns the output and {l: output of layer l-1} for l in probes
     crop(length)                       drop cache entries beyond ``length`` in every layer
     lengths()                          cache length per layer
+    logits(h)                          final norm + LM head on h [..., hidden], in the model's dtype
+    set_draft_vocab(ids)               prepare a small LM head over the token ids ``ids`` (drafts only)
+    draft_logits(h)                    final norm + that small head: logits over ``ids`` [..., len(ids)]
+
+Paths (`STACKS`, `make_stack(model, path)`):
+    "eager"      transformers' own decoder layers over a `DynamicCache` (the reference)
+    "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, prepacked kernels
+                 (`lede_env.engine.fast_stack`); in fp32 a single position is computed bit for bit as "eager"
+                 computes it, so its plain greedy output is the eager path's (and `model.generate`'s)
+    "fast-invariant"  the same, batch-invariant: verifying k+1 positions reproduces one-at-a-time decoding
+                 bit for bit, so self-speculative greedy decoding is exact by construction (slower at q=1)
+    "fast-bf16"  layers and LM head computed in bfloat16 (hidden states handed back in the model's dtype),
+                 batch-invariant: exact against plain greedy decoding on the same path, not against fp32
+    "auto"       the fastest path validated for the model's device and dtype (`auto_path`)
 """
 
 from __future__ import annotations
@@ -57,12 +71,66 @@ class HFLayerStack:
             if extra > 0:
                 layer.crop(-extra)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.model.norm(h))
 
-STACKS = {"eager": HFLayerStack}
+    def set_draft_vocab(self, ids: torch.Tensor) -> None:
+        self._draft_weight = self.model.lm_head.weight[ids].detach().contiguous()
+
+    def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(self.model.model.norm(h), self._draft_weight)
 
 
-def make_stack(model, path: str = "eager"):
-    """The layer stack for execution path ``path``."""
-    if path not in STACKS:
-        raise ValueError(f"Unknown execution path {path!r}; available: {sorted(STACKS)}.")
-    return STACKS[path](model)
+def _fast(model):
+    from lede_env.engine.fast_stack import FastLayerStack
+
+    return FastLayerStack(model)
+
+
+def _fast_invariant(model):
+    from lede_env.engine.fast_stack import FastLayerStack
+
+    stack = FastLayerStack(model, invariant=True)
+    stack.name = "fast-invariant"
+    return stack
+
+
+def _fast_bf16(model):
+    from lede_env.engine.fast_stack import FastLayerStack
+
+    stack = FastLayerStack(model, dtype=torch.bfloat16, invariant=True)
+    stack.name = "fast-bf16"
+    return stack
+
+
+STACKS = {"eager": HFLayerStack, "fast": _fast, "fast-invariant": _fast_invariant, "fast-bf16": _fast_bf16}
+
+
+def resolve_path(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> str:
+    """The concrete path ``path`` names for a model on ``device`` in ``dtype`` (no model needed, so that a
+    latency profile can be looked up for replay). "auto": "fast" for CPU models in float32 or bfloat16
+    (validated there: exact, tests/engine/test_stack.py; faster than "eager" at every number of positions,
+    benchmarks/speed.py), "eager" elsewhere (other devices and dtypes are not validated). "auto" keeps the
+    model's dtype: the bf16 path of an fp32 model, "fast-bf16", changes the numerics and must be asked for by
+    name."""
+    if path != "auto":
+        if path not in STACKS:
+            raise ValueError(f"Unknown execution path {path!r}; available: {sorted(STACKS) + ['auto']}.")
+        return path
+    dev = torch.device(device).type
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return "fast" if dev == "cpu" and dtype in (torch.float32, torch.bfloat16) else "eager"
+
+
+def auto_path(model) -> str:
+    """The path "auto" resolves to for ``model`` (`resolve_path`)."""
+    p = next(model.parameters())
+    return resolve_path("auto", p.device, p.dtype)
+
+
+def make_stack(model, path: str = "auto"):
+    """The layer stack for execution path ``path`` ("auto": `auto_path`)."""
+    if path == "auto":
+        path = auto_path(model)
+    return STACKS[resolve_path(path)](model)

@@ -1,0 +1,341 @@
+"""The fast execution path of the layer stack (`lede_env.engine.stack` describes the interface): the same
+Llama decoder layers as transformers' eager ones with the per-operation overhead taken out, on the kernels
+measured fastest on CPU, optionally in bfloat16, and optionally batch-invariant.
+
+What it does differently from `HFLayerStack` ("eager"):
+  * a static, preallocated KV cache ``[layers, kv_heads, capacity, head_dim]`` with a length counter per
+    layer: appending writes in place, ``crop`` only sets counters (capacity doubles when a sequence outgrows
+    it);
+  * fused weights: one matmul for q/k/v, one for gate/up (fused copies; the model itself is not changed);
+  * RoPE cos/sin read from a table computed once by the model's own rotary embedding, applied to q and k
+    together with a sign-folded sine (``x * cos + roll(x) * sin'`` equals ``x * cos + rotate_half(x) * sin``);
+  * a fused RMSNorm, no repeated k/v for grouped-query attention, few Python operations per layer;
+  * several positions (a verification) run on oneDNN with the weights reordered once into its blocked layout
+    (`_dnn`): MKL's fp32 gemm, which eager uses, repacks the weights on every call and costs 2.4x one position
+    for 13; one position runs on MKL's gemv in fp32 (eager's kernel) and on oneDNN in bf16;
+  * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
+  * an optional compute dtype (bfloat16: weights copied; hidden states go in and out in the model's dtype).
+
+Batch invariance (``invariant=True``; the default below fp32). Self-speculative decoding is exact when
+verifying ``k + 1`` positions computes, for each position, the values that decoding one position at a time
+computes.
+Eager kernels only approximately do so (fp32 matmuls pick other kernels for one row than for several, SDPA
+splits its work by the number of queries): harmless in practice in fp32, but it flips greedy tokens in bf16.
+Batch-invariant, every computation gives a row the same bits whatever the number of rows and the cache length,
+so verification reproduces one-at-a-time decoding bit for bit (tests/engine/test_stack.py checks it):
+  * oneDNN's kernels for two or more rows give each row the same bits (checked up to 32 rows); one row runs on
+    its one-row kernel where a probe per weight shape finds it agrees, else as two identical rows
+    (`_one_row_kind`: the one-row kernel sums rows longer than 1024 in another order). The probe holds for the
+    thread count at construction: set the threads before building the stack;
+  * attention is written out: ``scores = q @ K^T`` over the cache padded to a multiple of `CHUNK` keys with an
+    additive mask (-inf beyond each row's own position), a softmax over those whole chunks, and ``P @ V`` as
+    one product per chunk of `CHUNK` keys summed in chunk order (a cumulative sum), so that neither the number
+    of queries nor the cache length changes a row's order of summation. Scores, softmax and cache are fp32.
+The prefill (the first run, on an empty cache) is computed once in every decoding of a prompt and uses SDPA.
+"""
+
+from __future__ import annotations
+
+from typing import Collection
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 64          # keys per block of the batch-invariant attention; cache capacity is a multiple of it
+PACK_HINT = 16      # batch-size hint of oneDNN's weight reorder (16: fast at 1..13 rows, see _one_row_kind)
+
+
+def _dnn(w: torch.Tensor):
+    """``x @ w.T`` on oneDNN with the weight reordered once into its blocked layout."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), PACK_HINT)
+    op = torch.ops.mkldnn._linear_pointwise
+    return (lambda x: op(x, packed, None, "none", [], "")), packed
+
+
+def mkldnn_available(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's prepacked linear runs here for ``dtype`` (CPU builds with oneDNN)."""
+    try:
+        fn, _ = _dnn(torch.zeros(16, 16, dtype=dtype))
+        fn(torch.zeros(2, 16, dtype=dtype))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: not usable here
+        return False
+
+
+_ONE_ROW_CHOICE: dict[tuple, str] = {}
+
+
+def _order_revealing(n: int, k: int, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of +-1 and weights with cancelling pairs of huge terms (2^20) at random places: their products
+    are exact, so a row's result is decided by the rounding of the running sum, which differs, visibly even
+    in bf16, as soon as two kernels sum in different orders."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 2, (rows, k), generator=gen) * 2 - 1).to(dtype)
+    w = torch.randn(n, k, generator=gen)
+    idx = torch.arange(n)
+    for _ in range(4):
+        w[idx, torch.randint(0, k, (n,), generator=gen)] += 2.0 ** 20
+        w[idx, torch.randint(0, k, (n,), generator=gen)] -= 2.0 ** 20
+    return x, w.to(dtype)
+
+
+def _one_row_kind(w: torch.Tensor) -> str:
+    """The kernel for one row whose result equals, bit for bit, that row computed among 2..32 rows by
+    oneDNN: "mkldnn" (oneDNN's one-row kernel, the faster) or "pad" (two identical rows). Which kernels agree
+    depends on the shape, the dtype and the threads (oneDNN's one-row kernel sums rows longer than 1024 in
+    another order; `F.linear`'s gemv never agrees in fp32 and is slow in bf16), so it is probed once per shape
+    with inputs that expose any difference in the order of summation (`_order_revealing`)."""
+    key = (tuple(w.shape), w.dtype, torch.get_num_threads())
+    if key not in _ONE_ROW_CHOICE:
+        x, probe = _order_revealing(w.shape[0], w.shape[1], 32, w.dtype)
+        many, _ = _dnn(probe)
+        ref = torch.cat([many(x[i:i + 2]) for i in range(0, 32, 2)])
+        if not all(torch.equal(many(x[:m]), ref[:m]) for m in range(3, 33)):
+            raise RuntimeError(f"oneDNN's kernels are not row-invariant for a {tuple(w.shape)} {w.dtype} "
+                               "weight here; use FastLayerStack(..., invariant=False) or path='eager'.")
+        agree = all(torch.equal(many(x[i:i + 1])[0], ref[i]) for i in range(32))
+        _ONE_ROW_CHOICE[key] = "mkldnn" if agree else "pad"
+    return _ONE_ROW_CHOICE[key]
+
+
+def _linears(w: torch.Tensor, invariant: bool, kernel: str):
+    """(function for one row, function for several rows, storage to keep alive) computing ``x @ w.T``."""
+    w = w.contiguous()
+    if kernel == "torch":
+        fn = lambda x: F.linear(x, w)  # noqa: E731
+        return fn, fn, [w]
+    many, packed = _dnn(w)
+    if invariant:
+        kind = _one_row_kind(w)
+    else:   # the fastest one-row kernel measured on CPU: MKL's gemv in fp32, oneDNN's in bf16
+        kind = "torch" if w.dtype == torch.float32 else "mkldnn"
+    if kind == "torch":
+        return (lambda x: F.linear(x, w)), many, [w, packed]
+    if kind == "mkldnn":
+        return many, many, [packed]
+    return (lambda x: many(x.expand(2, x.shape[1]))[:1]), many, [packed]
+
+
+class FastLayerStack:
+    """Llama decoder layers over a static KV cache with fused, prepacked weights (module docstring).
+
+    Args:
+        model: a ``LlamaForCausalLM`` (never changed; weights are copied, fused and packed).
+        dtype: compute dtype of the layers and the LM head (default: the model's).
+        invariant: batch-invariant computation (module docstring). Default: on for reduced precision (needed
+            there for exactness), off for fp32: then one position runs exactly the eager path's kernels (MKL's
+            gemv, SDPA: bit for bit its values) and several run on oneDNN, exact in practice as eager is.
+        kernel: "mkldnn" (default on CPU where available) or "torch" (`F.linear` only; not batch-invariant).
+        capacity: initial KV-cache capacity in positions.
+    """
+
+    name = "fast"
+
+    def __init__(self, model, dtype: torch.dtype | None = None, invariant: bool | None = None,
+                 kernel: str | None = None, capacity: int = 256):
+        cfg = model.config
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.io_dtype = next(model.parameters()).dtype
+        self.dtype = dtype or self.io_dtype
+        self.num_layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.groups = self.heads // self.kv_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        self.intermediate = cfg.intermediate_size
+        self.max_positions = cfg.max_position_embeddings
+        if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            raise ValueError("The fast path supports Llama layers without biases; use path='eager'.")
+        if cfg.hidden_act != "silu":
+            raise ValueError(f"The fast path supports SiLU MLPs, not {cfg.hidden_act!r}; use path='eager'.")
+        if kernel is None:
+            kernel = "mkldnn" if self.device.type == "cpu" and mkldnn_available(self.dtype) else "torch"
+        self.kernel = kernel
+        if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
+            invariant = kernel == "mkldnn" and self.dtype != torch.float32
+        if invariant and kernel != "mkldnn":
+            raise ValueError("The batch-invariant computation needs oneDNN's kernels (kernel='mkldnn').")
+        self.invariant = bool(invariant)
+        self.scale = self.head_dim ** -0.5
+        self.eps = float(model.model.layers[0].input_layernorm.variance_epsilon)
+        self.att_dtype = torch.float32 if self.invariant else self.dtype   # dtype of the cache and the scores
+        self._storage: list[torch.Tensor] = []   # keeps the (packed) weights alive
+        self._layers: list[tuple] = []
+        with torch.no_grad():
+            cast = lambda t: t.detach().to(self.dtype).contiguous()  # noqa: E731
+            for layer in model.model.layers:
+                att, mlp = layer.self_attn, layer.mlp
+                fns = [fn for w in (
+                    torch.cat([cast(att.q_proj.weight), cast(att.k_proj.weight), cast(att.v_proj.weight)]),
+                    cast(att.o_proj.weight),
+                    torch.cat([cast(mlp.gate_proj.weight), cast(mlp.up_proj.weight)]),
+                    cast(mlp.down_proj.weight)) for fn in self._make_linears(w)]
+                # (norm 1, norm 2, qkv, o, gate/up, down) for one row, then the same for several rows
+                norms = (cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight))
+                self._layers.append(((*norms, *fns[0::2]), (*norms, *fns[1::2])))
+            self._head = self._make_linears(cast(model.lm_head.weight))
+            self._norm = cast(model.model.norm.weight)
+        self._rotary = model.model.rotary_emb
+        if getattr(self._rotary, "rope_type", "default") == "dynamic":
+            raise ValueError("Dynamic RoPE rescales with the sequence length; use path='eager'.")
+        self.capacity = 0
+        self._grow(max(1, min(int(capacity), self.max_positions)))
+        self.reset()
+
+    def _make_linears(self, w: torch.Tensor):
+        one, many, stored = _linears(w, self.invariant, self.kernel)
+        self._storage += stored
+        return one, many
+
+    # ------------------------------------------------------------------ state
+    def _grow(self, need: int) -> None:
+        """Room for ``need`` positions: a larger cache (a multiple of `CHUNK`, at least double) and RoPE table.
+        Plain tensors even under inference mode, so that runs inside and outside it can both write them."""
+        if need <= self.capacity:
+            return
+        if need > self.max_positions:
+            raise ValueError(f"The sequence needs {need} positions but the model's window holds "
+                             f"{self.max_positions}.")
+        cap = -(-max(need, 2 * self.capacity) // CHUNK) * CHUNK
+        shape = (self.num_layers, self.kv_heads, cap, self.head_dim)
+        with torch.inference_mode(False), torch.no_grad():
+            k = torch.zeros(shape, dtype=self.att_dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.att_dtype, device=self.device)
+            if self.capacity:
+                k[:, :, :self.capacity] = self.k
+                v[:, :, :self.capacity] = self.v
+            # cos and sign-folded sin per position, from the model's own rotary embedding (the eager path's
+            # values, also for scaled RoPE types whose table does not depend on the sequence length);
+            # [positions, 1, head_dim] broadcasts over the heads of a [rows, heads, head_dim] tensor
+            pos = torch.arange(min(cap, self.max_positions), device=self.device)[None]
+            cos, sin = self._rotary(torch.zeros(1, dtype=self.io_dtype, device=self.device), pos)
+            half = self.head_dim // 2
+            sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+            self.cos = cos[0].to(self.dtype)[:, None].contiguous()
+            self.sin = sin.to(self.dtype)[:, None].contiguous()
+        self.k, self.v, self.capacity = k, v, cap
+
+    def reset(self) -> None:
+        self.len = [0] * self.num_layers
+
+    def lengths(self) -> list[int]:
+        return list(self.len)
+
+    def crop(self, length: int) -> None:
+        self.len = [min(n, length) for n in self.len]
+
+    # ------------------------------------------------------------------ compute
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on ``h`` [..., hidden] in the path's dtype and kernels, returned in the
+        model's dtype; batch-invariant when the layers are. ``model.lm_head(model.model.norm(h))`` up to
+        rounding; bit for bit for one fp32 row on the default fp32 path."""
+        shape = h.shape[:-1]
+        x = h.to(self.dtype).reshape(-1, self.hidden)
+        out = self._head[x.shape[0] > 1](self._rms(x, self._norm))
+        return out.view(*shape, -1).to(self.io_dtype)
+
+    def set_draft_vocab(self, ids: torch.Tensor) -> None:
+        """A small LM head over the token ids ``ids`` (rows of the model's head), for `draft_logits`."""
+        with torch.no_grad():
+            self._draft_head = self._make_linears(self.model.lm_head.weight[ids].detach().to(self.dtype).contiguous())
+
+    def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and the small head of `set_draft_vocab`: logits over its tokens, in the model's dtype."""
+        shape = h.shape[:-1]
+        x = h.to(self.dtype).reshape(-1, self.hidden)
+        out = self._draft_head[x.shape[0] > 1](self._rms(x, self._norm))
+        return out.view(*shape, -1).to(self.io_dtype)
+
+    def run(self, h: torch.Tensor, start: int, stop: int, probes: Collection[int] = ()
+            ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        q = h.shape[1]
+        lens = self.len
+        past = lens[start]
+        for i in range(start + 1, stop):
+            if lens[i] != past:
+                raise RuntimeError(f"Layers {start}..{stop - 1} hold caches of different lengths "
+                                   f"{lens[start:stop]}: a run must append at one position in every layer.")
+        end = past + q
+        if end > self.capacity:
+            self._grow(end)
+        x = h.reshape(q, self.hidden).to(self.dtype)
+        if self.invariant and past > 0:
+            attend, ctx = self._invariant_attention, self._invariant_context(past, q)
+        else:
+            attend, ctx = self._sdpa, self._sdpa_context(past, q)
+        cos, sin = self.cos[past:end], self.sin[past:end]
+        out: dict[int, torch.Tensor] = {}
+        # several positions after the prefill (a verification) run on oneDNN's kernels; one position, and the
+        # prefill unless batch-invariant, on the one-row kernels (in fp32 non-invariant: eager's own, MKL)
+        many = int(q > 1 and (past > 0 or self.invariant))
+        layers, ks, vs = self._layers, self.k, self.v
+        for i in range(start, stop):
+            x = self._layer(layers[i][many], ks[i], vs[i], x, past, end, cos, sin, attend, ctx)
+            lens[i] = end
+            if i + 1 in probes:
+                out[i + 1] = x.view(1, q, self.hidden).to(self.io_dtype)
+        return x.view(1, q, self.hidden).to(self.io_dtype), out
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # fused; in fp32 the same values as transformers' LlamaRMSNorm, in bf16 one rounding instead of two
+        return F.rms_norm(x, (self.hidden,), w, self.eps)
+
+    def _layer(self, weights, kc, vc, x, past, end, cos, sin, attend, ctx) -> torch.Tensor:
+        ln1, ln2, qkv_proj, o_proj, gu_proj, down_proj = weights
+        H, KV, D, I = self.heads, self.kv_heads, self.head_dim, self.intermediate
+        rows = x.shape[0]
+        qkv = qkv_proj(self._rms(x, ln1)).view(rows, H + 2 * KV, D)
+        qk = qkv[:, :H + KV]
+        qk = qk * cos + qk.roll(D // 2, -1) * sin                  # RoPE on q and k at once
+        kc[:, past:end].copy_(qk[:, H:].transpose(0, 1))
+        vc[:, past:end].copy_(qkv[:, H + KV:].transpose(0, 1))
+        x = x + o_proj(attend(qk[:, :H], kc, vc, end, ctx))
+        gu = gu_proj(self._rms(x, ln2))
+        return x + down_proj(F.silu(gu[:, :I]) * gu[:, I:])
+
+    # ---------------------------------------------------------------- attention
+    def _sdpa_context(self, past: int, q: int):
+        if q == 1:
+            return None, False
+        if past == 0:
+            return None, True
+        # SDPA's is_causal aligns top-left: give the mask explicitly
+        return torch.ones(q, past + q, dtype=torch.bool, device=self.device).tril(past), False
+
+    def _sdpa(self, qh, kc, vc, end, ctx) -> torch.Tensor:
+        mask, causal = ctx
+        rows = qh.shape[0]
+        att = F.scaled_dot_product_attention(
+            qh.transpose(0, 1)[None].to(self.att_dtype), kc[None, :, :end], vc[None, :, :end], attn_mask=mask,
+            is_causal=causal, scale=self.scale, enable_gqa=True)
+        return att[0].transpose(0, 1).reshape(rows, self.heads * self.head_dim).to(self.dtype)
+
+    def _invariant_context(self, past: int, q: int):
+        """Additive mask [rows * groups, padded keys] (0 up to the row's own position, -inf after), shared by
+        the layers of a run."""
+        end = past + q
+        keys = -(-end // CHUNK) * CHUNK
+        pos = torch.arange(past, end, device=self.device)
+        blocked = torch.arange(keys, device=self.device)[None] > pos[:, None]
+        mask = torch.zeros(blocked.shape, dtype=torch.float32, device=self.device)
+        mask.masked_fill_(blocked, float("-inf"))
+        return mask.repeat_interleave(self.groups, 0), keys
+
+    def _invariant_attention(self, qh, kc, vc, end, ctx) -> torch.Tensor:
+        """Attention of rows ``qh`` [rows, heads, D] over the padded cache; row-for-row identical whatever the
+        number of rows and the cache length (module docstring)."""
+        mask, keys = ctx
+        KV, G, D = self.kv_heads, self.groups, self.head_dim
+        rows = qh.shape[0]
+        # [KV, rows * G, D]: the query heads that share a kv head, row-major
+        qg = qh.reshape(rows, KV, G, D).transpose(0, 1).reshape(KV, rows * G, D).to(torch.float32)
+        scores = torch.bmm(qg, kc[:, :keys].transpose(1, 2)).mul_(self.scale).add_(mask)
+        p = torch.softmax(scores, dim=-1)
+        n = keys // CHUNK
+        # one product per chunk of keys, summed in chunk order: [KV, n, rows * G, CHUNK] @ [KV, n, CHUNK, D]
+        parts = torch.matmul(p.view(KV, rows * G, n, CHUNK).transpose(1, 2),
+                             vc[:, :keys].view(KV, n, CHUNK, D))
+        out = parts.cumsum(1)[:, -1] if n > 1 else parts[:, 0]
+        return out.view(KV, rows, G, D).transpose(0, 1).reshape(rows, self.heads * D).to(self.dtype)
