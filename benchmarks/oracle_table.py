@@ -9,8 +9,9 @@ the execution path --path. Typical use, after `lede trace` on the TEST prompts w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from lede_env.analysis import oracle_summary, profile_for_traces
+from lede_env.analysis import oracle_summary, profile_for_traces, required_agreement
 from lede_env.engine.profile import LatencyProfile
 from lede_env.traces import TraceSet
 
@@ -22,6 +23,8 @@ def main() -> None:
     ap.add_argument("--path", default="auto", help="execution path of the stored profiles")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--kmax", type=int, default=12)
+    ap.add_argument("--target", type=float, default=1.1,
+                    help="also print the per-token acceptance each exit needs for this static speedup")
     args = ap.parse_args()
     spec = tuple(range(args.kmax + 1))
     rows = []
@@ -39,8 +42,23 @@ def main() -> None:
         static = f"{s['best_static_speedup']:.2f}x (L{L},k{k})"
         print(f"{path[-58:]:58s} {ts.meta['exit_heads']:>12s} {s['tokens']:6d} {agree} {static:>14s} "
               f"{s['oracle_speedup']:6.2f}x  {prof.key}")
+    seen = {}
+    for _, _, prof, _ in rows:
+        seen.setdefault(prof.key, prof)
+    for key, prof in seen.items():
+        need = required_agreement(prof, layers, args.target, args.kmax)
+        print(f"{'acceptance needed for ' + format(args.target, '.2f') + 'x static':58s} {'':>12s} {'':>6s} "
+              + " ".join(f"{need[L]:5.2f}" for L in layers) + f"  ({key})")
+        # the same if verifying q positions cost no more than one (the ideal that issue 6 aims at)
+        flat = dataclasses.replace(prof, layer_cost=(prof.layer_cost[0],) * len(prof.layer_cost),
+                                   head_cost=(prof.head_cost[0],) * len(prof.head_cost),
+                                   verify_cost=(prof.verify_cost[0],) * len(prof.verify_cost))
+        need = required_agreement(flat, layers, args.target, args.kmax)
+        print(f"{'  ... if verifying q positions cost as much as one':58s} {'':>12s} {'':>6s} "
+              + " ".join(f"{need[L]:5.2f}" for L in layers))
     print("agreement: top-1 agreement of each exit with the full model's greedy token; speedups: modelled with the "
-          "latency profile, over plain greedy on the same path (lam = %g)" % args.lam)
+          "latency profile, over plain greedy on the same path (lam = %g); 'acceptance needed': the i.i.d. per-token "
+          "acceptance with which the best k at that exit reaches the target (inf: not even with perfect drafts)" % args.lam)
 
 
 if __name__ == "__main__":

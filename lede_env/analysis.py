@@ -44,3 +44,31 @@ def oracle_report(path: str, spec_lengths: Sequence[int], lam: float = 1.0, thre
     print(f"oracle speedup {s['oracle_speedup']:.2f}x; best static L={s['best_static'][0]}, k={s['best_static'][1]}: "
           f"{s['best_static_speedup']:.2f}x (latency profile {prof.key})")
     return s
+
+
+def static_speedup(profile, exit_layer: int, k: int, alpha: float) -> float:
+    """Modelled speedup of the static setting (exit_layer, k) over plain greedy if every draft token were accepted
+    independently with probability ``alpha`` (expected tokens per step ``(1 - alpha^(k+1)) / (1 - alpha)``)."""
+    tokens = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+    return tokens * profile.c_ar / profile.step_cost(exit_layer, k)
+
+
+def required_agreement(profile, exit_layers: Sequence[int], target: float = 1.1, kmax: int = 12) -> dict[int, float]:
+    """Per exit layer: the smallest per-token acceptance rate with which some static k in 1..kmax reaches
+    ``target`` speedup under ``profile`` (bisection; 1.0 or above: unreachable even with perfect drafts, returned
+    as ``inf``). Compare with the measured agreement to see whether drafts or costs are what is missing."""
+    out = {}
+    for L in exit_layers:
+        best = max(static_speedup(profile, L, k, 1.0) for k in range(1, kmax + 1))
+        if best < target:
+            out[L] = float("inf")
+            continue
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if max(static_speedup(profile, L, k, mid) for k in range(1, kmax + 1)) >= target:
+                hi = mid
+            else:
+                lo = mid
+        out[L] = hi
+    return out

@@ -21,7 +21,7 @@ def _timed(fn):
 
 
 def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: int = 64,
-        exit_layers: Sequence[int] = (8, 14, 20, 24, 27), spec_lengths: Sequence[int] = (1, 2, 4, 6),
+        exit_layers: Sequence[int] = (8, 12, 16, 20, 24, 28), spec_lengths: Sequence[int] = (1, 2, 4, 6),
         heads: str = "default", prompts: str = "mixed:test", path: str = "auto") -> dict:
     """Run the benchmark, print the tables, return the figures."""
     from lede_env.defaults import resolve_exit_heads

@@ -23,7 +23,7 @@ def episode(env, actions, prompt_index):
 
 
 def test_live_and_replay_agree_on_real_prompts(smollm2, tmp_path, monkeypatch):
-    """Traces recorded for the first two mixed:test prompts (chat template, identity heads) replay the accepted
+    """Traces recorded for the first two mixed:test prompts (chat template, the default exit heads) replay the accepted
     counts, tokens and observations of the live backend for the same seeded random actions."""
     import lede_env.models
     from lede_env.record import record_traces_for
@@ -31,11 +31,11 @@ def test_live_and_replay_agree_on_real_prompts(smollm2, tmp_path, monkeypatch):
     # Both the recording and the live environment use the session's model instead of loading it again.
     monkeypatch.setattr(lede_env.models, "load_model", lambda name, dtype="float32", device="cpu": smollm2)
     ts, traces = record_traces_for("smollm2-135m", PROMPTS, str(tmp_path / "traces.npz"), limit=N_PROMPTS,
-                                   max_new_tokens=MAX_NEW_TOKENS, heads="identity", exit_layers=EXITS,
+                                   max_new_tokens=MAX_NEW_TOKENS, heads="default", exit_layers=EXITS,
                                    chat_template=True, progress=False)
     assert len(ts) == N_PROMPTS
     live = gym.make("LEDE-v0", model="smollm2-135m", prompts=PROMPTS, max_new_tokens=MAX_NEW_TOKENS,
-                    chat_template=True, exit_layers=EXITS, exit_heads="identity")
+                    chat_template=True, exit_layers=EXITS, exit_heads="default")
     replay = gym.make("LEDE-v0", backend="replay", traces=str(traces))
     assert live.observation_space == replay.observation_space and live.action_space == replay.action_space
     rng = np.random.default_rng(0)
