@@ -138,7 +138,7 @@ def main() -> None:
                     h, _ = dec._run_layers(dec._embed(dec.tokens[-1]), 0, L, 1)
                     logits = dec._draft_logits(dec.heads.apply(L, h[:, -1]))
                     int(logits.argmax(dim=-1)[0])
-                    _confidence(logits[0])
+                    _confidence(logits[0], entropy=False)
                     dec._crop(base)
                 return f
 

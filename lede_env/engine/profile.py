@@ -182,7 +182,7 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
                     h, _ = decoder._run_layers(decoder._embed(decoder.tokens[-1]), 0, L, 1)
                     logits = decoder._draft_logits(decoder.heads.apply(L, h[:, -1]))
                     int(decoder._pick(logits)[0])
-                    _confidence(logits[0])
+                    _confidence(logits[0], entropy=False)
                     decoder._crop(base)
 
                 draft_once()
