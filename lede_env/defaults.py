@@ -47,7 +47,9 @@ def resolve_exit_heads(spec: str | None, model_name: str, model=None):
 
 def default_static_action(model_name: str, exit_heads=None) -> tuple[int, int]:
     """The best static (exit layer, k) measured for this model and head kind, else a deep exit with k=2."""
-    kind = getattr(exit_heads, "label", getattr(exit_heads, "kind", "identity"))
+    from lede_env.engine.profile import heads_label
+
+    kind = heads_label(exit_heads)
     found = model_defaults(model_name).get("best_static", {}).get(kind)
     if found:
         return int(found[0]), int(found[1])

@@ -99,10 +99,10 @@ class FeatureTracker:
         rate = s.accepted / s.drafted if s.drafted else 0.0
         o[2] = rate
         o[3] = len(s.tokens) / (kmax + 1)
-        o[4] = _unit(s.full_maxprob)
-        o[5] = _unit(s.full_entropy / self.log_vocab)
-        o[6] = _unit(s.draft_maxprob)
-        o[self._cos] = [-1.0 if c < -1.0 else (1.0 if c > 1.0 else c) for c in s.probe_cos]
+        o[4] = _clamp(s.full_maxprob)
+        o[5] = _clamp(s.full_entropy / self.log_vocab)
+        o[6] = _clamp(s.draft_maxprob)
+        o[self._cos] = [_clamp(c, -1.0) for c in s.probe_cos]
         if s.drafted:
             i = self._ema[s.exit_layer]
             o[i] = (1 - EMA_WEIGHT) * o[i] + EMA_WEIGHT * rate
@@ -110,6 +110,6 @@ class FeatureTracker:
         return o.copy()
 
 
-def _unit(x: float) -> float:
-    """``x`` clamped to ``[0, 1]``."""
-    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
+def _clamp(x: float, low: float = 0.0, high: float = 1.0) -> float:
+    """``x`` clamped to ``[low, high]`` (a plain-float ``min``/``max``, cheaper than numpy per scalar)."""
+    return low if x < low else (high if x > high else x)

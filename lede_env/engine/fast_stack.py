@@ -127,12 +127,12 @@ class FastLayerStack:
             gemv, SDPA: bit for bit its values) and several run on oneDNN, exact in practice as eager is.
         kernel: "mkldnn" (default on CPU where available) or "torch" (`F.linear` only; not batch-invariant).
         capacity: initial KV-cache capacity in positions.
+        name: the execution path this stack is registered as (`lede_env.engine.stack.STACKS`).
     """
 
-    name = "fast"
-
     def __init__(self, model, dtype: torch.dtype | None = None, invariant: bool | None = None,
-                 kernel: str | None = None, capacity: int = 256):
+                 kernel: str | None = None, capacity: int = 256, name: str = "fast"):
+        self.name = name
         cfg = model.config
         self.model = model
         self.device = next(model.parameters()).device

@@ -81,29 +81,17 @@ class HFLayerStack:
         return torch.nn.functional.linear(self.model.model.norm(h), self._draft_weight)
 
 
-def _fast(model):
-    from lede_env.engine.fast_stack import FastLayerStack
+def _fast(name: str, **options):
+    """A factory of `FastLayerStack` with ``options``, named ``name`` (imported on first use)."""
+    def make(model):
+        from lede_env.engine.fast_stack import FastLayerStack
 
-    return FastLayerStack(model)
-
-
-def _fast_invariant(model):
-    from lede_env.engine.fast_stack import FastLayerStack
-
-    stack = FastLayerStack(model, invariant=True)
-    stack.name = "fast-invariant"
-    return stack
+        return FastLayerStack(model, name=name, **options)
+    return make
 
 
-def _fast_bf16(model):
-    from lede_env.engine.fast_stack import FastLayerStack
-
-    stack = FastLayerStack(model, dtype=torch.bfloat16, invariant=True)
-    stack.name = "fast-bf16"
-    return stack
-
-
-STACKS = {"eager": HFLayerStack, "fast": _fast, "fast-invariant": _fast_invariant, "fast-bf16": _fast_bf16}
+STACKS = {"eager": HFLayerStack, "fast": _fast("fast"), "fast-invariant": _fast("fast-invariant", invariant=True),
+          "fast-bf16": _fast("fast-bf16", dtype=torch.bfloat16, invariant=True)}
 
 
 def resolve_path(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> str:
@@ -131,6 +119,5 @@ def auto_path(model) -> str:
 
 def make_stack(model, path: str = "auto"):
     """The layer stack for execution path ``path`` ("auto": `auto_path`)."""
-    if path == "auto":
-        path = auto_path(model)
-    return STACKS[resolve_path(path)](model)
+    p = next(model.parameters())
+    return STACKS[resolve_path(path, p.device, p.dtype)](model)
