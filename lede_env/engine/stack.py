@@ -12,9 +12,10 @@ path (static cache, fused weights, compiled layers) plugs in without touching th
 
 Paths (`STACKS`, `make_stack(model, path)`):
     "eager"      transformers' own decoder layers over a `DynamicCache` (the reference)
-    "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, prepacked kernels
-                 (`lede_env.engine.fast_stack`); in fp32 a single position is computed bit for bit as "eager"
-                 computes it, so its plain greedy output is the eager path's (and `model.generate`'s)
+    "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, prepacked kernels,
+                 the glue between matrix products in C++ (`lede_env.engine.fast_stack`, `fast_ops`); equal to
+                 "eager" up to fp32 rounding (on SmolLM2 its plain greedy output equals `model.generate`'s;
+                 with ``ops="torch"`` a single position is computed bit for bit as "eager" computes it)
     "fast-invariant"  the same, batch-invariant: verifying k+1 positions reproduces one-at-a-time decoding
                  bit for bit, so self-speculative greedy decoding is exact by construction (slower at q=1)
     "fast-bf16"  layers and LM head computed in bfloat16 (hidden states handed back in the model's dtype),

@@ -58,10 +58,11 @@ def test_fast_layers_match_eager_fp32(tiny, invariant):
         assert fast.lengths() == [0] * n
 
 
-def test_fast_fp32_plain_decoding_is_bitwise_eager(tiny):
-    """fp32 "fast": the prefill and every single-position run compute exactly the eager path's bits."""
+def test_fast_fp32_torch_ops_plain_decoding_is_bitwise_eager(tiny):
+    """fp32 fast stack on torch operations (ops="torch"): the prefill and every single-position run compute
+    exactly the eager path's bits."""
     model, _ = tiny
-    eager, fast = HFLayerStack(model), make_stack(model, "fast")
+    eager, fast = HFLayerStack(model), FastLayerStack(model, ops="torch")
     n, hid = len(model.model.layers), model.config.hidden_size
     gen = torch.Generator().manual_seed(3)
     with torch.inference_mode():
@@ -91,11 +92,12 @@ def test_fast_rejects_uneven_run_and_grows_cache(tiny):
     assert fast.lengths() == [207] * n
 
 
+@pytest.mark.parametrize("ops", ["native", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_is_batch_invariant(tiny, dtype):
+def test_fast_is_batch_invariant(tiny, dtype, ops):
     """Verifying q positions gives bit for bit the hidden states and logits of one position at a time."""
     model, _ = tiny
-    fast = FastLayerStack(model, dtype=dtype, invariant=True)
+    fast = FastLayerStack(model, dtype=dtype, invariant=True, ops=ops)
     n, hid = len(model.model.layers), model.config.hidden_size
     gen = torch.Generator().manual_seed(1)
     with torch.inference_mode():

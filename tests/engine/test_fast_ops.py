@@ -1,0 +1,100 @@
+"""The fast path's C++ operations (`lede_env.engine.fast_ops`): they build here, agree with torch's operations
+up to rounding, give each row the same bits whatever the number of rows and threads, and the stack falls back
+to torch operations where they cannot be built."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lede_env.engine import fast_ops
+from lede_env.engine.fast_stack import FastLayerStack
+
+H, KV, D, HID = 6, 2, 16, 48
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return fast_ops.load(required=True)
+
+
+def _tol(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_ops_match_torch(ops, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(5, HID, generator=gen).to(dtype) for _ in range(2))
+    w = torch.randn(HID, generator=gen).to(dtype)
+    ref = lambda t: F.rms_norm(t.float(), (HID,), w.float(), 1e-5)  # noqa: E731
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5).float(), ref(x), **_tol(dtype))
+    s, normed = ops.add_rms_norm(x, y, w, 1e-5)
+    torch.testing.assert_close(s, x + y, **_tol(dtype))
+    torch.testing.assert_close(normed.float(), ref(s), **_tol(dtype))
+    gu = (torch.randn(5, 2 * HID, generator=gen) * 30).to(dtype)     # large |g|: the exp's clamped range
+    torch.testing.assert_close(ops.silu_mul(gu).float(), (F.silu(gu[:, :HID].float()) * gu[:, HID:].float()),
+                               **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_append_and_attention_match_sdpa(ops, dtype):
+    gen = torch.Generator().manual_seed(1)
+    cap, past, rows = 32, 9, 5
+    kc, vc = torch.zeros(KV, cap, D), torch.zeros(KV, cap, D)
+    kc[:, :past], vc[:, :past] = torch.randn(KV, past, D, generator=gen), torch.randn(KV, past, D, generator=gen)
+    angle = torch.randn(cap, D // 2, generator=gen)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    folded = torch.cat([-sin[:, :D // 2], sin[:, D // 2:]], -1).contiguous()
+    qkv = torch.randn(rows, (H + 2 * KV) * D, generator=gen).to(dtype)
+    q = ops.rope_append(qkv, kc, vc, past, cos.contiguous(), folded, H, KV)
+    heads = qkv.float().view(rows, H + 2 * KV, D)
+    pos = torch.arange(past, past + rows)
+    rot = lambda t: t * cos[pos, None] + torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1) * sin[pos, None]  # noqa: E731
+    torch.testing.assert_close(q, rot(heads[:, :H]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc[:, past:past + rows], rot(heads[:, H:H + KV]).transpose(0, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vc[:, past:past + rows], heads[:, H + KV:].transpose(0, 1))
+    out = ops.attention(q, kc, vc, past, D ** -0.5, dtype)
+    end = past + rows
+    mask = torch.ones(rows, end, dtype=torch.bool).tril(past)
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None], kc[None, :, :end], vc[None, :, :end],
+                                         attn_mask=mask, scale=D ** -0.5, enable_gqa=True)
+    torch.testing.assert_close(out.float(), ref[0].transpose(0, 1).reshape(rows, H * D), **_tol(dtype))
+
+
+def test_attention_rows_independent_of_batch_and_threads(ops):
+    """Each row's bits depend on its own query and position only: 40 rows on 2 threads (split in parallel)
+    equal one row at a time on 1 thread."""
+    gen = torch.Generator().manual_seed(2)
+    cap, past, rows = 256, 180, 40
+    kc, vc = torch.randn(KV, cap, D, generator=gen), torch.randn(KV, cap, D, generator=gen)
+    q = torch.randn(rows, H, D, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batch = ops.attention(q, kc, vc, past, 0.25, torch.float32)
+        torch.set_num_threads(1)
+        for r in range(rows):
+            assert torch.equal(ops.attention(q[r:r + 1].contiguous(), kc, vc, past + r, 0.25, torch.float32)[0],
+                               batch[r]), r
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bad_input_is_refused(ops):
+    kc = torch.zeros(KV, 4, D)
+    with pytest.raises(RuntimeError, match="cache holds 4 positions"):
+        ops.rope_append(torch.zeros(2, (H + 2 * KV) * D), kc, kc.clone(), 3, torch.zeros(4, D), torch.zeros(4, D),
+                        H, KV)
+    with pytest.raises(RuntimeError, match="fp32 or bf16"):
+        ops.rms_norm(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), 1e-5)
+
+
+def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):
+    model, _ = tiny
+    assert FastLayerStack(model).ops == "native"
+    monkeypatch.setattr(fast_ops, "_STATE", {"module": None, "error": "no compiler (test)"})
+    assert FastLayerStack(model).ops == "torch"
+    with pytest.raises(RuntimeError, match="no compiler"):
+        FastLayerStack(model, ops="native")
+    with pytest.raises(ValueError, match="'native' or 'torch'"):
+        FastLayerStack(model, ops="cuda")
