@@ -105,9 +105,12 @@ def _one_row_kind(w: torch.Tensor) -> str:
     return _ONE_ROW_CHOICE[key]
 
 
-def _linears(w: torch.Tensor, invariant: bool, kernel: str):
+def _linears(w: torch.Tensor, invariant: bool, kernel: str, ops=None):
     """(function for one row, function for several rows, storage to keep alive) computing ``x @ w.T``."""
     w = w.contiguous()
+    if kernel == "native":   # fast_ops.linear_bf16: batch-invariant by construction
+        fn = lambda x: ops.linear_bf16(x, w)  # noqa: E731
+        return fn, fn, [w]
     if kernel == "torch":
         fn = lambda x: F.linear(x, w)  # noqa: E731
         return fn, fn, [w]
@@ -132,7 +135,9 @@ class FastLayerStack:
         invariant: batch-invariant computation (module docstring). Default: on for reduced precision (needed
             there for exactness), off for fp32: then one position runs exactly the eager path's kernels (MKL's
             gemv, SDPA: bit for bit its values) and several run on oneDNN, exact in practice as eager is.
-        kernel: "mkldnn" (default on CPU where available) or "torch" (`F.linear` only; not batch-invariant).
+        kernel: the matrix products: "native" (`fast_ops.linear_bf16`, batch-invariant; the default in bf16 on
+            CPUs with AVX512-BF16), "mkldnn" (oneDNN, the default elsewhere on CPU where available) or "torch"
+            (`F.linear` only; not batch-invariant).
         ops: the glue between the matrix products: "native" (C++, `fast_ops`; default on CPU in fp32/bf16
             where it builds) or "torch" (torch operations; with fp32 non-invariant, one position bit for bit
             the eager path's values).
@@ -160,14 +165,6 @@ class FastLayerStack:
             raise ValueError("The fast path supports Llama layers without biases; use path='eager'.")
         if cfg.hidden_act != "silu":
             raise ValueError(f"The fast path supports SiLU MLPs, not {cfg.hidden_act!r}; use path='eager'.")
-        if kernel is None:
-            kernel = "mkldnn" if self.device.type == "cpu" and mkldnn_available(self.dtype) else "torch"
-        self.kernel = kernel
-        if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
-            invariant = kernel == "mkldnn" and self.dtype != torch.float32
-        if invariant and kernel != "mkldnn":
-            raise ValueError("The batch-invariant computation needs oneDNN's kernels (kernel='mkldnn').")
-        self.invariant = bool(invariant)
         if ops is None:
             ops = "native" if self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16) \
                 and fast_ops.available() else "torch"
@@ -177,6 +174,24 @@ class FastLayerStack:
             raise ValueError("ops='native' (the C++ operations) runs on CPU in float32 or bfloat16; use ops='torch'.")
         self.ops = ops
         self._ops = fast_ops.load(required=True) if ops == "native" else None
+        if kernel is None:
+            if self._ops is not None and self.dtype == torch.bfloat16 and self._ops.has_bf16_dot:
+                kernel = "native"
+            else:
+                kernel = "mkldnn" if self.device.type == "cpu" and mkldnn_available(self.dtype) else "torch"
+        if kernel not in ("native", "mkldnn", "torch"):
+            raise ValueError(f"kernel must be 'native', 'mkldnn' or 'torch', got {kernel!r}.")
+        if kernel == "native" and not (self._ops is not None and self.dtype == torch.bfloat16
+                                       and self._ops.has_bf16_dot):
+            raise ValueError("kernel='native' (fast_ops.linear_bf16) needs ops='native', bfloat16 and a CPU with "
+                             "AVX512-BF16; use kernel='mkldnn'.")
+        self.kernel = kernel
+        if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
+            invariant = kernel in ("mkldnn", "native") and self.dtype != torch.float32
+        if invariant and kernel not in ("mkldnn", "native"):
+            raise ValueError("The batch-invariant computation needs oneDNN's or the native kernels "
+                             "(kernel='mkldnn' or 'native').")
+        self.invariant = bool(invariant)
         self.scale = self.head_dim ** -0.5
         self.eps = float(model.model.layers[0].input_layernorm.variance_epsilon)
         # dtype of the cache and the scores
@@ -205,7 +220,7 @@ class FastLayerStack:
         self.reset()
 
     def _make_linears(self, w: torch.Tensor):
-        one, many, stored = _linears(w, self.invariant, self.kernel)
+        one, many, stored = _linears(w, self.invariant, self.kernel, self._ops)
         self._storage += stored
         return one, many
 
@@ -283,7 +298,9 @@ class FastLayerStack:
             self._grow(end)
         x = h.reshape(q, self.hidden).to(self.dtype).contiguous()
         layer = self._layer_native if self._ops else self._layer
-        if self.invariant and past > 0:
+        if self._ops:   # the C++ operations attend themselves (SDPA for the prefill)
+            attend = ctx = None
+        elif self.invariant and past > 0:
             attend, ctx = self._invariant_attention, self._invariant_context(past, q)
         else:
             attend, ctx = self._sdpa, self._sdpa_context(past, q)

@@ -5,6 +5,10 @@
 // the layer measured no faster (its per-call guard and wrapper cost replaces the operations' cost). These
 // functions do the glue between the matrix products in one call each.
 //
+// The bf16 matrix product (linear_bf16) is here too: at one position oneDNN's bf16 kernels stream SmolLM2's
+// weights at ~18 GB/s where this machine's memory gives ~22 (no AMX is exposed; an fp32 version of the same
+// kernel measured no faster than MKL's, so fp32 products stay on MKL/oneDNN).
+//
 // Batch invariance by construction: every output row is computed by the same sequential loops from its own
 // inputs and its own position only (never from the number of rows, the cache capacity or the threads), so
 // verifying q positions gives each row the bits that one position at a time gives. Arithmetic is fp32;
@@ -200,7 +204,80 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const t
   return out;
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+constexpr bool HAS_BF16_DOT = true;
+
+// y[m, n] for the MB x NB tile at x (rows of K bf16) and w (rows of K bf16): one accumulator per output, the
+// same instruction sequence for every output whatever the tile's size.
+template <int MB, int NB>
+inline void bf16_tile(const uint16_t* x, const uint16_t* w, int64_t K, at::BFloat16* y, int64_t ldy) {
+  __m512 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t full = K / 32 * 32;
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = k < full ? ~0u : static_cast<__mmask32>((1ull << (K - full)) - 1);
+    __m512bh wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * K + k);
+    for (int i = 0; i < MB; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + i * K + k);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) y[i * ldy + j] = static_cast<at::BFloat16>(_mm512_reduce_add_ps(acc[i][j]));
+}
+
+template <int NB>
+inline void bf16_rows(const uint16_t* x, int64_t M, const uint16_t* w, int64_t K, at::BFloat16* y, int64_t ldy) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) bf16_tile<2, NB>(x + m * K, w, K, y + m * ldy, ldy);
+  if (m < M) bf16_tile<1, NB>(x + m * K, w, K, y + m * ldy, ldy);
+}
+#else
+constexpr bool HAS_BF16_DOT = false;
+#endif
+
+// y = x @ w.T for bf16 x [M, K] and w [N, K], fp32 accumulation, y [M, N] in bf16. Memory-bound at a few
+// rows, where it streams the weights faster than oneDNN's bf16 kernels on CPUs without AMX (see
+// benchmarks/speed.py). Every y[m, n] is one fixed sequence of 32-wide bf16 dot-product instructions over k
+// followed by a fixed horizontal sum, computed whole by one thread: batch-invariant by construction.
+torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w) {
+  TORCH_CHECK(HAS_BF16_DOT, "linear_bf16 needs a CPU with AVX512-BF16 (built with -march=native)");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && x.is_contiguous() &&
+              w.is_contiguous() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "linear_bf16 takes contiguous bf16 x [M, K] and w [N, K]");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto y = torch::empty({M, N}, x.options());
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  const uint16_t* px = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const uint16_t* pw = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::BFloat16* py = y.data_ptr<at::BFloat16>();
+  constexpr int64_t NB = 8;   // weight rows per tile
+  at::parallel_for(0, (N + NB - 1) / NB, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * NB;
+      switch (std::min(NB, N - n0)) {
+        case 8: bf16_rows<8>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 7: bf16_rows<7>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 6: bf16_rows<6>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 5: bf16_rows<5>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 4: bf16_rows<4>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 3: bf16_rows<3>(px, M, pw + n0 * K, K, py + n0, N); break;
+        case 2: bf16_rows<2>(px, M, pw + n0 * K, K, py + n0, N); break;
+        default: bf16_rows<1>(px, M, pw + n0 * K, K, py + n0, N); break;
+      }
+    }
+  });
+#endif
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("has_bf16_dot") = HAS_BF16_DOT;
+  m.def("linear_bf16", &linear_bf16, "x @ w.T in bf16, batch-invariant");
+
   m.def("rms_norm", &rms_norm, "RMSNorm per row");
   m.def("add_rms_norm", &add_rms_norm, "residual add, then RMSNorm");
   m.def("silu_mul", &silu_mul, "silu(g) * u");
