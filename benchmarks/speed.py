@@ -5,7 +5,8 @@ In one run, interleaved so that every ratio compares paths under the same machin
     ratio to generate measured prompt by prompt;
   * one static self-speculative setting per path (tokens/s and its speedup over the same path's plain greedy);
   * a full-model verification of q = 1..13 positions (layers, final norm, LM head, argmax), ratio to q = 1;
-  * one decoder layer at q = 1, the draft cost per exit layer, the LM head (norm, head, argmax) at q = 1, 13.
+  * one decoder layer at q = 1, the draft cost per exit layer, the LM head (norm, head, argmax) at q = 1, 13;
+  * whether each path meets the engine-speed bar (plain greedy >= 2x generate; verify 13 <= 1.3x verify 1).
 Every path computes the LM head with its own kernels (`stack.logits`). The draft rows use the exit heads given
 with --heads (and their draft vocabulary, if they carry one).
 All figures are medians over repeats; quote them with the load average printed at the top and the bottom.
@@ -190,6 +191,10 @@ def main() -> None:
         [f"{(med[(p, f'draft L={L1}')] - med[(p, f'draft L={L0}')]) / (L1 - L0):.3f}" for p in paths])
     row("LM head q=1 (ms)", [f"{med[(p, 'head q=1')]:.2f}" for p in paths])
     row("LM head q=13 (ms)", [f"{med[(p, 'head q=13')]:.2f}" for p in paths])
+    # the engine-speed bar (issue 6): plain greedy >= 2x generate; verifying 13 positions <= 1.3x one
+    row("bar: plain >= 2x generate", ["met" if statistics.median(ratio[p]) >= 2 else "not met" for p in paths])
+    row("bar: verify 13 <= 1.3x verify 1",
+        ["met" if med[(p, 'verify q=13')] <= 1.3 * med[(p, 'verify q=1')] else "not met" for p in paths])
     print(f"load average at end: {_load()}")
 
 
