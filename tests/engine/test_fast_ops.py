@@ -117,7 +117,7 @@ def test_linear_bf16_matches_and_is_row_invariant(ops):
         torch.set_num_threads(2)
         batch = ops.linear_bf16(x, w)
         torch.set_num_threads(1)
-        for m in (1, 2, 3, 5, 13):
+        for m in range(1, 14):
             assert torch.equal(ops.linear_bf16(x[:m].contiguous(), w), batch[:m]), m
         assert all(torch.equal(ops.linear_bf16(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(32))
     finally:

@@ -209,37 +209,67 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const t
 #include <immintrin.h>
 constexpr bool HAS_BF16_DOT = true;
 
-// y[m, n] for the MB x NB tile at x (rows of K bf16) and w (rows of K bf16): one accumulator per output, the
-// same instruction sequence for every output whatever the tile's size.
-constexpr int PF = 2;   // tiles ahead whose weights are prefetched
+constexpr int NB = 4;     // weight rows per tile
+constexpr int MB_MAX = 6; // input rows per tile
+constexpr int PF = 2;            // tiles ahead whose weights are prefetched (by the first tile of rows)
 
-template <int MB, int NB>
+// y[m, n] for the MB x nb tile at x (rows of K bf16) and w (rows of K bf16): one accumulator per output, the
+// same instruction sequence for every output whatever the tile's size.
+template <int MB, int NBT, bool PREFETCH>
 inline void bf16_tile(const uint16_t* x, const uint16_t* w, int64_t K, at::BFloat16* y, int64_t ldy) {
-  __m512 acc[MB][NB];
+  __m512 acc[MB][NBT];
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NBT; ++j) acc[i][j] = _mm512_setzero_ps();
   const int64_t full = K / 32 * 32;
   for (int64_t k = 0; k < K; k += 32) {
     const __mmask32 mask = k < full ? ~0u : static_cast<__mmask32>((1ull << (K - full)) - 1);
-    __m512bh wv[NB];
-    for (int j = 0; j < NB; ++j) {
+    __m512bh wv[NBT];
+    for (int j = 0; j < NBT; ++j) {
       wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * K + k);
-      _mm_prefetch(reinterpret_cast<const char*>(w + (NB * PF + j) * K + k), _MM_HINT_T0);  // a later tile's line
+      if (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(w + (NB * PF + j) * K + k), _MM_HINT_T0);
     }
     for (int i = 0; i < MB; ++i) {
       const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + i * K + k);
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+      for (int j = 0; j < NBT; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
     }
   }
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) y[i * ldy + j] = static_cast<at::BFloat16>(_mm512_reduce_add_ps(acc[i][j]));
+    for (int j = 0; j < NBT; ++j) y[i * ldy + j] = static_cast<at::BFloat16>(_mm512_reduce_add_ps(acc[i][j]));
 }
 
-template <int NB>
+template <int MB, int NBT>
+inline void bf16_tile_at(bool first, const uint16_t* x, const uint16_t* w, int64_t K, at::BFloat16* y,
+                         int64_t ldy) {
+  if (first) bf16_tile<MB, NBT, true>(x, w, K, y, ldy);
+  else bf16_tile<MB, NBT, false>(x, w, K, y, ldy);
+}
+
+// the last mb < MB_MAX rows (a runtime mb in 1..MBT) against NBT weight rows
+template <int MBT, int NBT>
+inline void bf16_tail(int64_t mb, bool first, const uint16_t* x, const uint16_t* w, int64_t K, at::BFloat16* y,
+                      int64_t ldy) {
+  if constexpr (MBT > 1) {
+    if (mb < MBT) return bf16_tail<MBT - 1, NBT>(mb, first, x, w, K, y, ldy);
+  }
+  bf16_tile_at<MBT, NBT>(first, x, w, K, y, ldy);
+}
+
+// all M rows against NBT weight rows: tiles of MB_MAX rows, then the rest
+template <int NBT>
 inline void bf16_rows(const uint16_t* x, int64_t M, const uint16_t* w, int64_t K, at::BFloat16* y, int64_t ldy) {
   int64_t m = 0;
-  for (; m + 2 <= M; m += 2) bf16_tile<2, NB>(x + m * K, w, K, y + m * ldy, ldy);
-  if (m < M) bf16_tile<1, NB>(x + m * K, w, K, y + m * ldy, ldy);
+  for (; m + MB_MAX <= M; m += MB_MAX) bf16_tile_at<MB_MAX, NBT>(m == 0, x + m * K, w, K, y + m * ldy, ldy);
+  if (m < M) bf16_tail<MB_MAX - 1, NBT>(M - m, m == 0, x + m * K, w, K, y + m * ldy, ldy);
+}
+
+// bf16_rows<nb> for a runtime nb in 1..NBT
+template <int NBT>
+inline void bf16_rows_n(int64_t nb, const uint16_t* x, int64_t M, const uint16_t* w, int64_t K, at::BFloat16* y,
+                        int64_t ldy) {
+  if constexpr (NBT > 1) {
+    if (nb < NBT) return bf16_rows_n<NBT - 1>(nb, x, M, w, K, y, ldy);
+  }
+  bf16_rows<NBT>(x, M, w, K, y, ldy);
 }
 #else
 constexpr bool HAS_BF16_DOT = false;
@@ -247,7 +277,7 @@ constexpr bool HAS_BF16_DOT = false;
 
 // y = x @ w.T for bf16 x [M, K] and w [N, K], fp32 accumulation, y [M, N] in bf16. Memory-bound at a few
 // rows, where it streams the weights faster than oneDNN's bf16 kernels on CPUs without AMX (see
-// benchmarks/speed.py); tiles of 2 rows x 8 weight rows. Every y[m, n] is one fixed sequence of 32-wide bf16 dot-product instructions over k
+// benchmarks/speed.py). Every y[m, n] is one fixed sequence of 32-wide bf16 dot-product instructions over k
 // followed by a fixed horizontal sum, computed whole by one thread: batch-invariant by construction.
 torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w) {
   TORCH_CHECK(HAS_BF16_DOT, "linear_bf16 needs a CPU with AVX512-BF16 (built with -march=native)");
@@ -260,20 +290,10 @@ torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w) {
   const uint16_t* px = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const uint16_t* pw = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   at::BFloat16* py = y.data_ptr<at::BFloat16>();
-  constexpr int64_t NB = 8;   // weight rows per tile
   at::parallel_for(0, (N + NB - 1) / NB, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * NB;
-      switch (std::min(NB, N - n0)) {
-        case 8: bf16_rows<8>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 7: bf16_rows<7>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 6: bf16_rows<6>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 5: bf16_rows<5>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 4: bf16_rows<4>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 3: bf16_rows<3>(px, M, pw + n0 * K, K, py + n0, N); break;
-        case 2: bf16_rows<2>(px, M, pw + n0 * K, K, py + n0, N); break;
-        default: bf16_rows<1>(px, M, pw + n0 * K, K, py + n0, N); break;
-      }
+      bf16_rows_n<NB>(std::min<int64_t>(NB, N - n0), px, M, pw + n0 * K, K, py + n0, N);
     }
   });
 #endif
