@@ -13,21 +13,21 @@ What it does differently from `HFLayerStack` ("eager"):
   * fp32: several positions (a verification) run on oneDNN with the weights reordered once into its blocked
     layout (`_dnn`): MKL's fp32 gemm, which eager uses, repacks the weights on every call and costs 2.4x one
     position for 13; one position runs on MKL's gemv (eager's kernel);
-  * bf16: on CPUs with AVX512-BF16 every product runs on `fast_ops.linear_bf16` (kernel "native": streams the
-    weights at one position 1.3x faster than oneDNN's bf16 kernels here, batch-invariant by construction,
-    slower than oneDNN from about 4 positions); elsewhere on oneDNN;
+  * bf16: on CPUs with AVX512-BF16 every product runs on `fast_ops.linear_bf16` (kernel "native": at one
+    position it streams SmolLM2's bf16 layer weights in about 6 ms where oneDNN's bf16 kernels take 12, and at
+    13 positions about 22 ms against 26; batch-invariant by construction); elsewhere on oneDNN;
   * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
   * the glue between the matrix products (RMSNorm, RoPE and cache append, attention, SiLU) in C++ (``ops=
     "native"``, `lede_env.engine.fast_ops`, the default where it builds): one call each instead of some 35
-    small torch operations per layer (0.72 -> 0.58 ms per SmolLM2 layer at one position in fp32, 0.76 ->
-    0.53 in bf16). Its loops compute each row from its own inputs and position only, so they are
-    batch-invariant by construction; ``ops="torch"`` is the torch-operations version below;
+    small torch operations per layer (one SmolLM2 layer at one position: 0.72 -> 0.56 ms in fp32). Its loops
+    compute each row from its own inputs and position only, so they are batch-invariant by construction;
+    ``ops="torch"`` is the torch-operations version below;
   * an optional compute dtype (bfloat16: weights copied; hidden states go in and out in the model's dtype).
 
-Batch invariance (``invariant=True``; the default below fp32). With the C++ operations and the native bf16
-product (the defaults where they build) it holds by construction; the torch-operations version follows. Self-speculative decoding is exact when
+Batch invariance (``invariant=True``; the default below fp32). Self-speculative decoding is exact when
 verifying ``k + 1`` positions computes, for each position, the values that decoding one position at a time
-computes.
+computes. With the C++ operations and the native bf16 product (the defaults where they build) this holds by
+construction; what follows is how the torch-operations version (and oneDNN's products) get it.
 Eager kernels only approximately do so (fp32 matmuls pick other kernels for one row than for several, SDPA
 splits its work by the number of queries): harmless in practice in fp32, but it flips greedy tokens in bf16.
 Batch-invariant, every computation gives a row the same bits whatever the number of rows and the cache length,
