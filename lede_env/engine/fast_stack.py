@@ -10,12 +10,11 @@ What it does differently from `HFLayerStack` ("eager"):
   * RoPE cos/sin read from a table computed once by the model's own rotary embedding, applied to q and k
     together with a sign-folded sine (``x * cos + roll(x) * sin'`` equals ``x * cos + rotate_half(x) * sin``);
   * a fused RMSNorm, no repeated k/v for grouped-query attention, few Python operations per layer;
-  * fp32: several positions (a verification) run on oneDNN with the weights reordered once into its blocked
-    layout (`_dnn`): MKL's fp32 gemm, which eager uses, repacks the weights on every call and costs 2.4x one
-    position for 13; one position runs on MKL's gemv (eager's kernel);
-  * bf16: on CPUs with AVX512-BF16 every product runs on `fast_ops.linear_bf16` (kernel "native": at one
-    position it streams SmolLM2's bf16 layer weights in about 6 ms where oneDNN's bf16 kernels take 12, and at
-    13 positions about 22 ms against 26; batch-invariant by construction); elsewhere on oneDNN;
+  * the matrix products on `fast_ops.linear` (kernel "native", the default on CPUs with AVX-512, and
+    AVX512-BF16 for bf16; batch-invariant by construction). For SmolLM2's 30 layers, 2 threads: fp32 one row
+    13.4 ms (MKL's gemv, eager's kernel: 13.8), 13 rows 23.4 ms (oneDNN: 29, MKL's gemm as eager calls it: 42);
+    bf16 one row 5.6 ms (oneDNN: 12), 13 rows 21 ms (oneDNN: 26). Elsewhere: oneDNN with the weights reordered
+    once into its blocked layout (`_dnn`) and, for one fp32 row, MKL's gemv;
   * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
   * the glue between the matrix products (RMSNorm, RoPE and cache append, attention, SiLU) in C++ (``ops=
     "native"``, `lede_env.engine.fast_ops`, the default where it builds): one call each instead of some 35
@@ -24,7 +23,8 @@ What it does differently from `HFLayerStack` ("eager"):
     ``ops="torch"`` is the torch-operations version below;
   * an optional compute dtype (bfloat16: weights copied; hidden states go in and out in the model's dtype).
 
-Batch invariance (``invariant=True``; the default below fp32). Self-speculative decoding is exact when
+Batch invariance (``invariant=True``; always so with the native operations and products, the defaults where
+they build; else the default below fp32). Self-speculative decoding is exact when
 verifying ``k + 1`` positions computes, for each position, the values that decoding one position at a time
 computes. With the C++ operations and the native bf16 product (the defaults where they build) this holds by
 construction; what follows is how the torch-operations version (and oneDNN's products) get it.
@@ -112,8 +112,8 @@ def _one_row_kind(w: torch.Tensor) -> str:
 def _linears(w: torch.Tensor, invariant: bool, kernel: str, ops=None):
     """(function for one row, function for several rows, storage to keep alive) computing ``x @ w.T``."""
     w = w.contiguous()
-    if kernel == "native":   # fast_ops.linear_bf16: batch-invariant by construction
-        fn = lambda x: ops.linear_bf16(x, w)  # noqa: E731
+    if kernel == "native":   # fast_ops.linear: batch-invariant by construction, the fastest at every size
+        fn = lambda x: ops.linear(x, w)  # noqa: E731
         return fn, fn, [w]
     if kernel == "torch":
         fn = lambda x: F.linear(x, w)  # noqa: E731
@@ -136,12 +136,13 @@ class FastLayerStack:
     Args:
         model: a ``LlamaForCausalLM`` (never changed; weights are copied, fused and packed).
         dtype: compute dtype of the layers and the LM head (default: the model's).
-        invariant: batch-invariant computation (module docstring). Default: on for reduced precision (needed
-            there for exactness), off for fp32: then one position runs exactly the eager path's kernels (MKL's
-            gemv, SDPA: bit for bit its values) and several run on oneDNN, exact in practice as eager is.
-        kernel: the matrix products: "native" (`fast_ops.linear_bf16`, batch-invariant; the default in bf16 on
-            CPUs with AVX512-BF16), "mkldnn" (oneDNN, the default elsewhere on CPU where available) or "torch"
-            (`F.linear` only; not batch-invariant).
+        invariant: batch-invariant computation (module docstring); always on with ``ops="native"`` and
+            ``kernel="native"``. Otherwise default: on for reduced precision (needed there for exactness), off
+            for fp32: then one position runs exactly the eager path's kernels (MKL's gemv, SDPA: bit for bit
+            its values) and several run on oneDNN, exact in practice as eager is.
+        kernel: the matrix products: "native" (`fast_ops.linear`, batch-invariant; the default on CPUs with
+            AVX-512, and AVX512-BF16 for bf16), "mkldnn" (oneDNN, the default elsewhere on CPU where
+            available) or "torch" (`F.linear` only; not batch-invariant).
         ops: the glue between the matrix products: "native" (C++, `fast_ops`; default on CPU in fp32/bf16
             where it builds) or "torch" (torch operations; with fp32 non-invariant, one position bit for bit
             the eager path's values).
@@ -178,24 +179,26 @@ class FastLayerStack:
             raise ValueError("ops='native' (the C++ operations) runs on CPU in float32 or bfloat16; use ops='torch'.")
         self.ops = ops
         self._ops = fast_ops.load(required=True) if ops == "native" else None
+        native = self._ops is not None and (self._ops.has_bf16_dot if self.dtype == torch.bfloat16
+                                            else self._ops.has_f32_dot)
         if kernel is None:
-            if self._ops is not None and self.dtype == torch.bfloat16 and self._ops.has_bf16_dot:
+            if native:
                 kernel = "native"
             else:
                 kernel = "mkldnn" if self.device.type == "cpu" and mkldnn_available(self.dtype) else "torch"
         if kernel not in ("native", "mkldnn", "torch"):
             raise ValueError(f"kernel must be 'native', 'mkldnn' or 'torch', got {kernel!r}.")
-        if kernel == "native" and not (self._ops is not None and self.dtype == torch.bfloat16
-                                       and self._ops.has_bf16_dot):
-            raise ValueError("kernel='native' (fast_ops.linear_bf16) needs ops='native', bfloat16 and a CPU with "
-                             "AVX512-BF16; use kernel='mkldnn'.")
+        if kernel == "native" and not native:
+            raise ValueError("kernel='native' (fast_ops.linear) needs ops='native' and a CPU with AVX-512 "
+                             "(AVX512-BF16 for bfloat16); use kernel='mkldnn'.")
         self.kernel = kernel
         if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
             invariant = kernel in ("mkldnn", "native") and self.dtype != torch.float32
         if invariant and kernel not in ("mkldnn", "native"):
             raise ValueError("The batch-invariant computation needs oneDNN's or the native kernels "
                              "(kernel='mkldnn' or 'native').")
-        self.invariant = bool(invariant)
+        # the C++ operations with the native products are batch-invariant by construction, whatever was asked
+        self.invariant = bool(invariant) or (self._ops is not None and kernel == "native")
         self.scale = self.head_dim ** -0.5
         self.eps = float(model.model.layers[0].input_layernorm.variance_epsilon)
         # dtype of the cache and the scores

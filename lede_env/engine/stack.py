@@ -12,15 +12,16 @@ path (static cache, fused weights, compiled layers) plugs in without touching th
 
 Paths (`STACKS`, `make_stack(model, path)`):
     "eager"      transformers' own decoder layers over a `DynamicCache` (the reference)
-    "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, prepacked kernels,
-                 the glue between matrix products in C++ (`lede_env.engine.fast_stack`, `fast_ops`); equal to
-                 "eager" up to fp32 rounding (on SmolLM2 its plain greedy output equals `model.generate`'s;
-                 with ``ops="torch"`` a single position is computed bit for bit as "eager" computes it)
-    "fast-invariant"  the same, batch-invariant: verifying k+1 positions reproduces one-at-a-time decoding
-                 bit for bit, so self-speculative greedy decoding is exact by construction (slower at q=1)
+    "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, the glue between the
+                 matrix products and (on AVX-512 CPUs) the products themselves in C++ (`lede_env.engine.
+                 fast_stack`, `fast_ops`): batch-invariant by construction, so self-speculative greedy decoding
+                 is exact by construction; equal to "eager" up to fp32 rounding (on SmolLM2 its plain greedy
+                 output equals `model.generate`'s). Where the C++ operations cannot be built: torch operations
+                 and oneDNN/MKL kernels, one position bit for bit as "eager" computes it
+    "fast-invariant"  the same, batch-invariant also where the C++ operations cannot be built (then slower)
     "fast-bf16"  layers and LM head computed in bfloat16 (hidden states handed back in the model's dtype),
                  batch-invariant: exact against plain greedy decoding on the same path, not against fp32;
-                 the fastest at one position (native AVX512-BF16 products where the CPU has them)
+                 the fastest (AVX512-BF16 products where the CPU has them)
     "auto"       the fastest path validated for the model's device and dtype (`auto_path`)
 """
 

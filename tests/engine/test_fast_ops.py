@@ -100,38 +100,42 @@ def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):
         FastLayerStack(model, ops="cuda")
 
 
-def test_linear_bf16_matches_and_is_row_invariant(ops):
-    """The native bf16 product agrees with an fp32 product of the same bf16 values, and each row's bits do not
-    depend on the other rows (inputs built so that any change in the order of summation shows)."""
-    if not ops.has_bf16_dot:
-        pytest.skip("this CPU has no AVX512-BF16: the bf16 path uses oneDNN (tested in test_stack.py)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_linear_matches_and_is_row_invariant(ops, dtype):
+    """The native product agrees with an fp32 product of the same values, and each row's bits do not depend
+    on the other rows (inputs built so that any change in the order of summation shows)."""
+    if not (ops.has_bf16_dot if dtype == torch.bfloat16 else ops.has_f32_dot):
+        pytest.skip(f"this CPU lacks the instructions for the native {dtype} product: the stack uses oneDNN")
     from lede_env.engine.fast_stack import _order_revealing
 
     gen = torch.Generator().manual_seed(3)
-    for n, k in [(37, 48), (8, 100), (96, 1536)]:             # tails in n (tiles of 8) and in k (steps of 32)
-        x, w = torch.randn(13, k, generator=gen).bfloat16(), torch.randn(n, k, generator=gen).bfloat16()
-        torch.testing.assert_close(ops.linear_bf16(x, w).float(), x.float() @ w.float().T, rtol=1e-2, atol=3e-2)
-    x, w = _order_revealing(64, 1536, 32, torch.bfloat16)
+    tol = dict(rtol=1e-2, atol=3e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
+    for n, k in [(37, 48), (8, 100), (96, 1536)]:             # tails in n (tiles of 4) and in k
+        x, w = torch.randn(13, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
+        torch.testing.assert_close(ops.linear(x, w).float(), x.float() @ w.float().T, **tol)
+    x, w = _order_revealing(64, 1536, 32, dtype)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        batch = ops.linear_bf16(x, w)
+        batch = ops.linear(x, w)
         torch.set_num_threads(1)
         for m in range(1, 14):
-            assert torch.equal(ops.linear_bf16(x[:m].contiguous(), w), batch[:m]), m
-        assert all(torch.equal(ops.linear_bf16(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(32))
+            assert torch.equal(ops.linear(x[:m].contiguous(), w), batch[:m]), m
+        assert all(torch.equal(ops.linear(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(32))
     finally:
         torch.set_num_threads(threads)
-    with pytest.raises(RuntimeError, match="contiguous bf16"):
-        ops.linear_bf16(x.float(), w)
+    with pytest.raises(RuntimeError, match="of one dtype"):
+        ops.linear(x.double(), w)
 
 
-def test_bf16_stack_kernel_choice(tiny):
+def test_stack_kernel_choice(tiny):
     model, _ = tiny
     stack = FastLayerStack(model, dtype=torch.bfloat16)
     assert stack.invariant and stack.kernel == ("native" if fast_ops.load().has_bf16_dot else "mkldnn")
-    assert FastLayerStack(model).kernel == "mkldnn"                 # fp32: MKL / oneDNN
+    fp32 = FastLayerStack(model)
+    assert fp32.kernel == ("native" if fast_ops.load().has_f32_dot else "mkldnn")
+    assert fp32.invariant == (fp32.kernel == "native")             # native operations and products: by construction
     with pytest.raises(ValueError, match="kernel='native'"):
-        FastLayerStack(model, kernel="native")                      # fp32 has no native product
+        FastLayerStack(model, ops="torch", kernel="native")         # the native product needs the C++ ops
     with pytest.raises(ValueError, match="kernel must be"):
         FastLayerStack(model, kernel="amx")
