@@ -318,6 +318,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
               w.dim() == 2 && x.size(1) == w.size(1), "linear takes contiguous x [M, K] and w [N, K] of one dtype");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
   if (x.scalar_type() == at::kFloat) {
     TORCH_CHECK(HAS_F32_DOT, "linear in fp32 needs a CPU with AVX-512 (built with -march=native)");
 #if defined(__AVX512F__)
