@@ -59,7 +59,8 @@ def load(required: bool = False):
                     print(f"Building the fast path's C++ operations into {path} (once, about 30 s)...", flush=True)
                 _STATE["module"] = build(name, [str(SOURCE)], build_directory=str(path), verbose=False, **FLAGS)
             except Exception as exc:  # noqa: BLE001 - any build failure: fall back to torch operations
-                _STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                last = (str(exc).strip().splitlines() or [""])[-1]   # a compiler's log ends with its verdict
+                _STATE["error"] = f"{type(exc).__name__}: {last}"
                 warnings.warn(f"The fast path's C++ operations could not be built ({_STATE['error']}); "
                               "using torch operations instead (slower). Install g++ and ninja to build them.",
                               stacklevel=2)

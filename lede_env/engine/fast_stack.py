@@ -170,12 +170,12 @@ class FastLayerStack:
             raise ValueError("The fast path supports Llama layers without biases; use path='eager'.")
         if cfg.hidden_act != "silu":
             raise ValueError(f"The fast path supports SiLU MLPs, not {cfg.hidden_act!r}; use path='eager'.")
+        native_ops = self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
         if ops is None:
-            ops = "native" if self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16) \
-                and fast_ops.available() else "torch"
+            ops = "native" if native_ops and fast_ops.available() else "torch"
         if ops not in ("native", "torch"):
             raise ValueError(f"ops must be 'native' or 'torch', got {ops!r}.")
-        if ops == "native" and (self.device.type != "cpu" or self.dtype not in (torch.float32, torch.bfloat16)):
+        if ops == "native" and not native_ops:
             raise ValueError("ops='native' (the C++ operations) runs on CPU in float32 or bfloat16; use ops='torch'.")
         self.ops = ops
         self._ops = fast_ops.load(required=True) if ops == "native" else None
@@ -250,14 +250,16 @@ class FastLayerStack:
                 v[:, :, :self.capacity] = self.v
             # cos and sign-folded sin per position, from the model's own rotary embedding (the eager path's
             # values, also for scaled RoPE types whose table does not depend on the sequence length);
-            # [positions, 1, head_dim] broadcasts over the heads of a [rows, heads, head_dim] tensor
+            # torch ops: [positions, 1, head_dim] broadcasts over the heads of a [rows, heads, head_dim] tensor
             pos = torch.arange(min(cap, self.max_positions), device=self.device)[None]
             cos, sin = self._rotary(torch.zeros(1, dtype=self.io_dtype, device=self.device), pos)
             half = self.head_dim // 2
             sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
-            self.cos = cos[0].to(self.dtype)[:, None].contiguous()
-            self.sin = sin.to(self.dtype)[:, None].contiguous()
-            self._cos32, self._sin32 = cos[0].float().contiguous(), sin.float().contiguous()  # for ops="native"
+            if self._ops:   # [positions, head_dim] fp32, read by fast_ops.rope_append
+                self.cos, self.sin = cos[0].float().contiguous(), sin.float().contiguous()
+            else:
+                self.cos = cos[0].to(self.dtype)[:, None].contiguous()
+                self.sin = sin.to(self.dtype)[:, None].contiguous()
         self.k, self.v, self.capacity = k, v, cap
 
     def reset(self) -> None:
@@ -273,7 +275,7 @@ class FastLayerStack:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on ``h`` [..., hidden] in the path's dtype and kernels, returned in the
         model's dtype; batch-invariant when the layers are. ``model.lm_head(model.model.norm(h))`` up to
-        rounding; bit for bit for one fp32 row on the default fp32 path."""
+        rounding; bit for bit for one fp32 row with ``ops="torch"`` and fp32 not batch-invariant."""
         shape = h.shape[:-1]
         x = h.to(self.dtype).reshape(-1, self.hidden)
         out = self._head[x.shape[0] > 1](self._rms(x, self._norm))
@@ -304,14 +306,14 @@ class FastLayerStack:
         if end > self.capacity:
             self._grow(end)
         x = h.reshape(q, self.hidden).to(self.dtype).contiguous()
-        layer = self._layer_native if self._ops else self._layer
-        if self._ops:   # the C++ operations attend themselves (SDPA for the prefill)
-            attend = ctx = None
-        elif self.invariant and past > 0:
-            attend, ctx = self._invariant_attention, self._invariant_context(past, q)
+        if self._ops:   # the C++ operations read the RoPE tables and attend themselves (SDPA for the prefill)
+            layer, attend, ctx, cos, sin = self._layer_native, None, None, self.cos, self.sin
         else:
-            attend, ctx = self._sdpa, self._sdpa_context(past, q)
-        cos, sin = self.cos[past:end], self.sin[past:end]
+            layer, cos, sin = self._layer, self.cos[past:end], self.sin[past:end]
+            if self.invariant and past > 0:
+                attend, ctx = self._invariant_attention, self._invariant_context(past, q)
+            else:
+                attend, ctx = self._sdpa, self._sdpa_context(past, q)
         out: dict[int, torch.Tensor] = {}
         # several positions after the prefill (a verification) run on oneDNN's kernels; one position, and the
         # prefill unless batch-invariant, on the one-row kernels (in fp32 non-invariant: eager's own, MKL)
@@ -348,7 +350,7 @@ class FastLayerStack:
         so batch-invariant by construction; the prefill's attention runs on SDPA (computed once per prompt)."""
         ln1, ln2, qkv_proj, o_proj, gu_proj, down_proj = weights
         ops = self._ops
-        q = ops.rope_append(qkv_proj(ops.rms_norm(x, ln1, self.eps)), kc, vc, past, self._cos32, self._sin32,
+        q = ops.rope_append(qkv_proj(ops.rms_norm(x, ln1, self.eps)), kc, vc, past, cos, sin,
                             self.heads, self.kv_heads)
         if past == 0 and q.shape[0] > 1:
             att = self._sdpa(q, kc, vc, end, (None, True))

@@ -87,6 +87,10 @@ def test_bad_input_is_refused(ops):
                         H, KV)
     with pytest.raises(RuntimeError, match="fp32 or bf16"):
         ops.rms_norm(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), 1e-5)
+    with pytest.raises(RuntimeError, match="norm weight"):
+        ops.rms_norm(torch.zeros(2, 4), torch.zeros(3), 1e-5)
+    with pytest.raises(RuntimeError, match="norm weight"):
+        ops.add_rms_norm(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(4, dtype=torch.bfloat16), 1e-5)
 
 
 def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):

@@ -71,11 +71,17 @@ void check_rows(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be fp32 or bf16");
 }
 
+void check_norm_weight(const torch::Tensor& w, const torch::Tensor& x) {
+  TORCH_CHECK(w.is_contiguous() && w.numel() == x.size(1) && w.scalar_type() == x.scalar_type(),
+              "the norm weight must be contiguous, of the rows' dtype, with ", x.size(1), " elements");
+}
+
 }  // namespace
 
 // RMSNorm of each row of x [rows, n] with weight w [n] (same dtype as x).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   check_rows(x, "x");
+  check_norm_weight(w, x);
   auto out = torch::empty_like(x);
   const int rows = x.size(0), n = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rms_norm", [&] {
@@ -94,6 +100,7 @@ std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Ten
   check_rows(x, "x");
   check_rows(y, "y");
   TORCH_CHECK(x.sizes() == y.sizes() && x.scalar_type() == y.scalar_type(), "x and y must match");
+  check_norm_weight(w, x);
   auto s = torch::empty_like(x), out = torch::empty_like(x);
   const int rows = x.size(0), n = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "add_rms_norm", [&] {
