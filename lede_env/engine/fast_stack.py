@@ -10,18 +10,20 @@ What it does differently from `HFLayerStack` ("eager"):
   * RoPE cos/sin read from a table computed once by the model's own rotary embedding, applied to q and k
     together with a sign-folded sine (``x * cos + roll(x) * sin'`` equals ``x * cos + rotate_half(x) * sin``);
   * a fused RMSNorm, no repeated k/v for grouped-query attention, few Python operations per layer;
-  * the matrix products on `fast_ops.linear` (kernel "native", the default on CPUs with AVX-512, and
-    AVX512-BF16 for bf16; batch-invariant by construction). For SmolLM2's 30 layers, 2 threads: fp32 one row
-    13.4 ms (MKL's gemv, eager's kernel: 13.8), 13 rows 23.4 ms (oneDNN: 29, MKL's gemm as eager calls it: 42);
-    bf16 one row 5.6 ms (oneDNN: 12), 13 rows 21 ms (oneDNN: 26). Elsewhere: oneDNN with the weights reordered
-    once into its blocked layout (`_dnn`) and, for one fp32 row, MKL's gemv;
+  * the matrix products on `fast_ops.linear` (kernel "native", the default on CPUs with AVX-512; fp32 inputs,
+    fp32 or bf16 weights; batch-invariant by construction). For SmolLM2's 30 layers, 2 threads, fp32: one row
+    about as fast as MKL's gemv (eager's kernel), 13 rows 1.9x faster than MKL's gemm as eager calls it and
+    1.3x faster than oneDNN; bf16 weights: one row about twice as fast as oneDNN's bf16 kernels (no AMX here),
+    13 rows 1.3x (figures in `csrc/fast_ops.cpp`). Elsewhere: oneDNN with the weights reordered once into its
+    blocked layout (`_dnn`) and, for one fp32 row, MKL's gemv;
   * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
   * the glue between the matrix products (RMSNorm, RoPE and cache append, attention, SiLU) in C++ (``ops=
     "native"``, `lede_env.engine.fast_ops`, the default where it builds): one call each instead of some 35
     small torch operations per layer (one SmolLM2 layer at one position: 0.72 -> 0.56 ms in fp32). Its loops
     compute each row from its own inputs and position only, so they are batch-invariant by construction;
     ``ops="torch"`` is the torch-operations version below;
-  * an optional compute dtype (bfloat16: weights copied; hidden states go in and out in the model's dtype).
+  * an optional compute dtype (bfloat16: weights copied in it; on the native products the hidden states between
+    them stay fp32 (`act_dtype`), as do the products' arithmetic; hidden states go in and out in the model's dtype).
 
 Batch invariance (``invariant=True``; always so with the native operations and products, the defaults where
 they build; else the default below fp32). Self-speculative decoding is exact when
@@ -179,8 +181,7 @@ class FastLayerStack:
             raise ValueError("ops='native' (the C++ operations) runs on CPU in float32 or bfloat16; use ops='torch'.")
         self.ops = ops
         self._ops = fast_ops.load(required=True) if ops == "native" else None
-        native = self._ops is not None and (self._ops.has_bf16_dot if self.dtype == torch.bfloat16
-                                            else self._ops.has_f32_dot)
+        native = self._ops is not None and self._ops.has_linear
         if kernel is None:
             if native:
                 kernel = "native"
@@ -189,9 +190,12 @@ class FastLayerStack:
         if kernel not in ("native", "mkldnn", "torch"):
             raise ValueError(f"kernel must be 'native', 'mkldnn' or 'torch', got {kernel!r}.")
         if kernel == "native" and not native:
-            raise ValueError("kernel='native' (fast_ops.linear) needs ops='native' and a CPU with AVX-512 "
-                             "(AVX512-BF16 for bfloat16); use kernel='mkldnn'.")
+            raise ValueError("kernel='native' (fast_ops.linear) needs ops='native' and a CPU with AVX-512; "
+                             "use kernel='mkldnn'.")
         self.kernel = kernel
+        # dtype of the hidden states between the products: fp32 on the native products (they take bf16
+        # weights with fp32 inputs), else the compute dtype
+        self.act_dtype = torch.float32 if kernel == "native" else self.dtype
         if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
             invariant = kernel in ("mkldnn", "native") and self.dtype != torch.float32
         if invariant and kernel not in ("mkldnn", "native"):
@@ -207,6 +211,7 @@ class FastLayerStack:
         self._layers: list[tuple] = []
         with torch.no_grad():
             cast = lambda t: t.detach().to(self.dtype).contiguous()  # noqa: E731
+            cast_act = lambda t: t.detach().to(self.act_dtype).contiguous()  # noqa: E731
             for layer in model.model.layers:
                 att, mlp = layer.self_attn, layer.mlp
                 fns = [fn for w in (
@@ -215,10 +220,10 @@ class FastLayerStack:
                     torch.cat([cast(mlp.gate_proj.weight), cast(mlp.up_proj.weight)]),
                     cast(mlp.down_proj.weight)) for fn in self._make_linears(w)]
                 # (norm 1, norm 2, qkv, o, gate/up, down) for one row, then the same for several rows
-                norms = (cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight))
+                norms = (cast_act(layer.input_layernorm.weight), cast_act(layer.post_attention_layernorm.weight))
                 self._layers.append(((*norms, *fns[0::2]), (*norms, *fns[1::2])))
             self._head = self._make_linears(cast(model.lm_head.weight))
-            self._norm = cast(model.model.norm.weight)
+            self._norm = cast_act(model.model.norm.weight)
         self._rotary = model.model.rotary_emb
         if getattr(self._rotary, "rope_type", "default") == "dynamic":
             raise ValueError("Dynamic RoPE rescales with the sequence length; use path='eager'.")
@@ -277,7 +282,7 @@ class FastLayerStack:
         model's dtype; batch-invariant when the layers are. ``model.lm_head(model.model.norm(h))`` up to
         rounding; bit for bit for one fp32 row with ``ops="torch"`` and fp32 not batch-invariant."""
         shape = h.shape[:-1]
-        x = h.to(self.dtype).reshape(-1, self.hidden)
+        x = h.to(self.act_dtype).reshape(-1, self.hidden)
         out = self._head[x.shape[0] > 1](self._rms(x, self._norm))
         return out.view(*shape, -1).to(self.io_dtype)
 
@@ -289,7 +294,7 @@ class FastLayerStack:
     def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and the small head of `set_draft_vocab`: logits over its tokens, in the model's dtype."""
         shape = h.shape[:-1]
-        x = h.to(self.dtype).reshape(-1, self.hidden)
+        x = h.to(self.act_dtype).reshape(-1, self.hidden)
         out = self._draft_head[x.shape[0] > 1](self._rms(x, self._norm))
         return out.view(*shape, -1).to(self.io_dtype)
 
@@ -305,7 +310,7 @@ class FastLayerStack:
         end = past + q
         if end > self.capacity:
             self._grow(end)
-        x = h.reshape(q, self.hidden).to(self.dtype).contiguous()
+        x = h.reshape(q, self.hidden).to(self.act_dtype).contiguous()
         if self._ops:   # the C++ operations read the RoPE tables and attend themselves (SDPA for the prefill)
             layer, attend, ctx, cos, sin = self._layer_native, None, None, self.cos, self.sin
         else:
@@ -355,7 +360,7 @@ class FastLayerStack:
         if past == 0 and q.shape[0] > 1:
             att = self._sdpa(q, kc, vc, end, (None, True))
         else:
-            att = ops.attention(q, kc, vc, past, self.scale, self.dtype)
+            att = ops.attention(q, kc, vc, past, self.scale, self.act_dtype)
         x, a = ops.add_rms_norm(x, o_proj(att), ln2, self.eps)
         return x + down_proj(ops.silu_mul(gu_proj(a)))
 
@@ -374,7 +379,7 @@ class FastLayerStack:
         att = F.scaled_dot_product_attention(
             qh.transpose(0, 1)[None].to(self.att_dtype), kc[None, :, :end], vc[None, :, :end], attn_mask=mask,
             is_causal=causal, scale=self.scale, enable_gqa=True)
-        return att[0].transpose(0, 1).reshape(rows, self.heads * self.head_dim).to(self.dtype)
+        return att[0].transpose(0, 1).reshape(rows, self.heads * self.head_dim).to(self.act_dtype)
 
     def _invariant_context(self, past: int, q: int):
         """Additive mask [rows * groups, padded keys] (0 up to the row's own position, -inf after), shared by
@@ -402,4 +407,4 @@ class FastLayerStack:
         parts = torch.matmul(p.view(KV, rows * G, n, CHUNK).transpose(1, 2),
                              vc[:, :keys].view(KV, n, CHUNK, D))
         out = parts.cumsum(1)[:, -1] if n > 1 else parts[:, 0]
-        return out.view(KV, rows, G, D).transpose(0, 1).reshape(rows, self.heads * D).to(self.dtype)
+        return out.view(KV, rows, G, D).transpose(0, 1).reshape(rows, self.heads * D).to(self.act_dtype)

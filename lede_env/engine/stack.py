@@ -19,9 +19,11 @@ Paths (`STACKS`, `make_stack(model, path)`):
                  output equals `model.generate`'s). Where the C++ operations cannot be built: torch operations
                  and oneDNN/MKL kernels, one position bit for bit as "eager" computes it
     "fast-invariant"  the same, batch-invariant also where the C++ operations cannot be built (then slower)
-    "fast-bf16"  layers and LM head computed in bfloat16 (hidden states handed back in the model's dtype),
-                 batch-invariant: exact against plain greedy decoding on the same path, not against fp32;
-                 the fastest (AVX512-BF16 products where the CPU has them)
+    "fast-bf16"  weights of the layers and the LM head in bfloat16 (half the memory traffic), batch-invariant:
+                 exact against plain greedy decoding on the same path, not against fp32. On the native
+                 products (AVX-512) the weights are widened exactly and everything else stays fp32 (products,
+                 sums, hidden states): fp32 arithmetic on bf16-rounded weights. Elsewhere oneDNN computes in
+                 bf16. Hidden states are handed back in the model's dtype. The fastest path
     "auto"       the fastest path validated for the model's device and dtype (`auto_path`)
 """
 

@@ -61,13 +61,14 @@ def test_rope_append_and_attention_match_sdpa(ops, dtype):
     torch.testing.assert_close(out.float(), ref[0].transpose(0, 1).reshape(rows, H * D), **_tol(dtype))
 
 
-def test_attention_rows_independent_of_batch_and_threads(ops):
+@pytest.mark.parametrize("d", [16, 64, 24])   # vectors of 16 (one per key, four per key) and the portable loops
+def test_attention_rows_independent_of_batch_and_threads(ops, d):
     """Each row's bits depend on its own query and position only: 40 rows on 2 threads (split in parallel)
-    equal one row at a time on 1 thread."""
+    equal one row at a time on 1 thread; and the rows agree with SDPA."""
     gen = torch.Generator().manual_seed(2)
     cap, past, rows = 256, 180, 40
-    kc, vc = torch.randn(KV, cap, D, generator=gen), torch.randn(KV, cap, D, generator=gen)
-    q = torch.randn(rows, H, D, generator=gen)
+    kc, vc = torch.randn(KV, cap, d, generator=gen), torch.randn(KV, cap, d, generator=gen)
+    q = torch.randn(rows, H, d, generator=gen)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -78,6 +79,10 @@ def test_attention_rows_independent_of_batch_and_threads(ops):
                                batch[r]), r
     finally:
         torch.set_num_threads(threads)
+    end = past + rows
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None], kc[None, :, :end], vc[None, :, :end], scale=0.25,
+                                         attn_mask=torch.ones(rows, end, dtype=torch.bool).tril(past), enable_gqa=True)
+    torch.testing.assert_close(batch, ref[0].transpose(0, 1).reshape(rows, H * d), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_input_is_refused(ops):
@@ -104,40 +109,45 @@ def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):
         FastLayerStack(model, ops="cuda")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_native_linear_matches_and_is_row_invariant(ops, dtype):
-    """The native product agrees with an fp32 product of the same values, and each row's bits do not depend
-    on the other rows (inputs built so that any change in the order of summation shows)."""
-    if not (ops.has_bf16_dot if dtype == torch.bfloat16 else ops.has_f32_dot):
-        pytest.skip(f"this CPU lacks the instructions for the native {dtype} product: the stack uses oneDNN")
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_native_linear_matches_and_is_row_invariant(ops, wdtype):
+    """The native product (fp32 inputs, fp32 or bf16 weights) agrees with the fp32 product of the same values,
+    and each row's bits do not depend on the other rows, for every row count of decoding and verification
+    (one pass over the weights) and of a prefill (tiles of rows), on 1 or 2 threads (inputs built so that any
+    change in the order of summation shows)."""
+    if not ops.has_linear:
+        pytest.skip("this CPU lacks AVX-512 for the native product: the stack uses oneDNN")
     from lede_env.engine.fast_stack import _order_revealing
 
     gen = torch.Generator().manual_seed(3)
-    tol = dict(rtol=1e-2, atol=3e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
-    for n, k in [(37, 48), (8, 100), (96, 1536)]:             # tails in n (tiles of 4) and in k
-        x, w = torch.randn(13, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
-        torch.testing.assert_close(ops.linear(x, w).float(), x.float() @ w.float().T, **tol)
-    x, w = _order_revealing(64, 1536, 32, dtype)
+    for n, k in [(37, 48), (8, 100), (96, 1536), (19, 31)]:      # tails in n (blocks of 2..8) and in k
+        for m in (1, 2, 5, 13, 40):
+            x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen).to(wdtype)
+            torch.testing.assert_close(ops.linear(x, w), x @ w.float().T, rtol=1e-5, atol=1e-4)
+    x, w = _order_revealing(64, 1536, 40, wdtype)
+    x = x.float()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         batch = ops.linear(x, w)
         torch.set_num_threads(1)
-        for m in range(1, 14):
+        for m in range(1, 41):
             assert torch.equal(ops.linear(x[:m].contiguous(), w), batch[:m]), m
-        assert all(torch.equal(ops.linear(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(32))
+        assert all(torch.equal(ops.linear(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(40))
     finally:
         torch.set_num_threads(threads)
-    with pytest.raises(RuntimeError, match="of one dtype"):
+    with pytest.raises(RuntimeError, match="x in fp32 and w in fp32 or bf16"):
         ops.linear(x.double(), w)
+    with pytest.raises(RuntimeError, match="x in fp32 and w in fp32 or bf16"):
+        ops.linear(x.bfloat16(), w)
 
 
 def test_stack_kernel_choice(tiny):
     model, _ = tiny
     stack = FastLayerStack(model, dtype=torch.bfloat16)
-    assert stack.invariant and stack.kernel == ("native" if fast_ops.load().has_bf16_dot else "mkldnn")
+    assert stack.invariant and stack.kernel == ("native" if fast_ops.load().has_linear else "mkldnn")
     fp32 = FastLayerStack(model)
-    assert fp32.kernel == ("native" if fast_ops.load().has_f32_dot else "mkldnn")
+    assert fp32.kernel == ("native" if fast_ops.load().has_linear else "mkldnn")
     assert fp32.invariant == (fp32.kernel == "native")             # native operations and products: by construction
     with pytest.raises(ValueError, match="kernel='native'"):
         FastLayerStack(model, ops="torch", kernel="native")         # the native product needs the C++ ops
