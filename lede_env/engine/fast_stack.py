@@ -12,9 +12,9 @@ What it does differently from `HFLayerStack` ("eager"):
   * a fused RMSNorm, no repeated k/v for grouped-query attention, few Python operations per layer;
   * the matrix products on `fast_ops.linear` (kernel "native", the default on CPUs with AVX-512; fp32 inputs,
     fp32 or bf16 weights; batch-invariant by construction). For SmolLM2's 30 layers, 2 threads, fp32: one row
-    about as fast as MKL's gemv (eager's kernel), 13 rows 1.9x faster than MKL's gemm as eager calls it and
-    1.3x faster than oneDNN; bf16 weights: one row about twice as fast as oneDNN's bf16 kernels (no AMX here),
-    13 rows 1.3x (figures in `csrc/fast_ops.cpp`). Elsewhere: oneDNN with the weights reordered once into its
+    1.1x as fast as MKL's gemv (eager's kernel), 13 rows 2.0x as fast as MKL's gemm as eager calls it and
+    1.4x as fast as oneDNN; bf16 weights: 1.7x and 1.5x as fast as oneDNN's bf16 kernels (no AMX here;
+    figures in `csrc/fast_ops.cpp`). Elsewhere: oneDNN with the weights reordered once into its
     blocked layout (`_dnn`) and, for one fp32 row, MKL's gemv;
   * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
   * the glue between the matrix products (RMSNorm, RoPE and cache append, attention, SiLU) in C++ (``ops=

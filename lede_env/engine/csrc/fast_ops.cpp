@@ -5,14 +5,13 @@
 // the layer measured no faster (its per-call guard and wrapper cost replaces the operations' cost). These
 // functions do the glue between the matrix products in one call each.
 //
-// The matrix product (linear) is here too. At one position oneDNN's bf16 kernels stream SmolLM2's 212 MB of
-// bf16 layer weights in ~12 ms; this kernel, with software prefetch, in ~6 ms (no AMX is exposed here). In
-// fp32 it beats oneDNN at several positions (30 layers x 12 rows: ~23 vs ~29 ms) but not MKL's gemv at one.
+// The matrix product (linear) is here too, measured faster than oneDNN and MKL at 1 and 13 rows in fp32 and
+// with bf16 weights (figures at `linear`; no AMX is exposed on the machine this was written on).
 //
 // Batch invariance by construction: every output row is computed by the same sequential loops from its own
 // inputs and its own position only (never from the number of rows, the cache capacity or the threads), so
 // verifying q positions gives each row the bits that one position at a time gives. Arithmetic is fp32;
-// inputs and outputs are fp32 or bf16; the KV cache is fp32.
+// inputs and outputs are fp32 or bf16 (the products take fp32 inputs); the KV cache is fp32.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -467,9 +466,9 @@ torch::Tensor deinterleave(const torch::Tensor& x) {
 
 // y = x @ w.T for x [M, K] fp32 and w [N, K] fp32 or bf16: fp32 products and accumulation, y fp32. bf16
 // weights are widened exactly, so the result is the fp32 product with the rounded weights. Batch-invariant
-// by construction (above). Measured for SmolLM2's 30 layers, 2 threads: fp32 one row ~13.5 ms, 13 rows ~21
-// ms (oneDNN: 29, MKL's gemm as eager calls it: 42); bf16 weights one row ~7.5, 13 rows ~16 ms (oneDNN's bf16
-// kernels: 12 and 26).
+// by construction (above). Measured in one run for SmolLM2's 30 layers, 2 threads, medians: fp32 one row
+// 14.7 ms (MKL's gemv as F.linear calls it: 16.0, oneDNN: 19.9), 13 rows 22.1 ms (oneDNN: 30.2, MKL: 44.2);
+// bf16 weights one row 7.9 ms, 13 rows 18.3 ms (oneDNN's bf16 kernels, bf16 inputs: 13.1 and 27.1).
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
               "linear takes x in fp32 and w in fp32 or bf16, got ", x.scalar_type(), " and ", w.scalar_type());
