@@ -453,11 +453,23 @@ void dot_linear(const float* x, int64_t M, int64_t ldx, const typename W::T* w, 
 // elements: the order in which BF16W's step meets the weights
 torch::Tensor deinterleave(const torch::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1), KP = (K + 31) / 32 * 32;
-  auto out = torch::zeros({M, KP}, x.options());
+  auto out = torch::empty({M, KP}, x.options());
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) dst[m * KP + k / 32 * 32 + (k % 2) * 16 + (k % 32) / 2] = src[m * K + k];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = src + m * K;
+    float* d = dst + m * KP;
+    for (int64_t k = 0; k < KP; k += 32) {   // the last chunk: masked loads, zeros past K
+      const int64_t rest = std::min<int64_t>(32, K - k);
+      const __mmask16 lo = rest >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rest) - 1);
+      const __mmask16 hi = rest >= 32 ? 0xFFFF : rest <= 16 ? 0 : static_cast<__mmask16>((1u << (rest - 16)) - 1);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, s + k), b = _mm512_maskz_loadu_ps(hi, s + k + 16);
+      _mm512_storeu_ps(d + k, _mm512_permutex2var_ps(a, even, b));
+      _mm512_storeu_ps(d + k + 16, _mm512_permutex2var_ps(a, odd, b));
+    }
+  }
   return out;
 }
 #endif
