@@ -23,12 +23,13 @@ What it does differently from `HFLayerStack` ("eager"):
     compute each row from its own inputs and position only, so they are batch-invariant by construction;
     ``ops="torch"`` is the torch-operations version below;
   * an optional compute dtype (bfloat16: weights copied in it; on the native products the hidden states between
-    them stay fp32 (`act_dtype`), as do the products' arithmetic; hidden states go in and out in the model's dtype).
+    them stay fp32 (`act_dtype`), as do the products' arithmetic; hidden states come in in the model's dtype and
+    go out in it, or in fp32 where that is wider (`out_dtype`: a bf16 model on the native products).
 
 Batch invariance (``invariant=True``; always so with the native operations and products, the defaults where
 they build; else the default below fp32). Self-speculative decoding is exact when
 verifying ``k + 1`` positions computes, for each position, the values that decoding one position at a time
-computes. With the C++ operations and the native bf16 product (the defaults where they build) this holds by
+computes. With the C++ operations and the native products (the defaults where they build) this holds by
 construction; what follows is how the torch-operations version (and oneDNN's products) get it.
 Eager kernels only approximately do so (fp32 matmuls pick other kernels for one row than for several, SDPA
 splits its work by the number of queries): harmless in practice in fp32, but it flips greedy tokens in bf16.
@@ -143,8 +144,8 @@ class FastLayerStack:
             for fp32: then one position runs exactly the eager path's kernels (MKL's gemv, SDPA: bit for bit
             its values) and several run on oneDNN, exact in practice as eager is.
         kernel: the matrix products: "native" (`fast_ops.linear`, batch-invariant; the default on CPUs with
-            AVX-512, and AVX512-BF16 for bf16), "mkldnn" (oneDNN, the default elsewhere on CPU where
-            available) or "torch" (`F.linear` only; not batch-invariant).
+            AVX-512; fp32 inputs and hidden states, fp32 or bf16 weights), "mkldnn" (oneDNN, the default
+            elsewhere on CPU where available) or "torch" (`F.linear` only; not batch-invariant).
         ops: the glue between the matrix products: "native" (C++, `fast_ops`; default on CPU in fp32/bf16
             where it builds) or "torch" (torch operations; with fp32 non-invariant, one position bit for bit
             the eager path's values).
@@ -196,6 +197,10 @@ class FastLayerStack:
         # dtype of the hidden states between the products: fp32 on the native products (they take bf16
         # weights with fp32 inputs), else the compute dtype
         self.act_dtype = torch.float32 if kernel == "native" else self.dtype
+        # dtype of the hidden states `run` hands back: the model's, or the wider activations' (a bf16 model on
+        # the native products gets fp32), so that a run split at an exit layer (drafts, then verification)
+        # computes the bits of one run: rounding between the two would break exactness
+        self.out_dtype = torch.promote_types(self.io_dtype, self.act_dtype)
         if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
             invariant = kernel in ("mkldnn", "native") and self.dtype != torch.float32
         if invariant and kernel not in ("mkldnn", "native"):
@@ -328,8 +333,8 @@ class FastLayerStack:
             x = layer(layers[i][many], ks[i], vs[i], x, past, end, cos, sin, attend, ctx)
             lens[i] = end
             if i + 1 in probes:
-                out[i + 1] = x.view(1, q, self.hidden).to(self.io_dtype)
-        return x.view(1, q, self.hidden).to(self.io_dtype), out
+                out[i + 1] = x.view(1, q, self.hidden).to(self.out_dtype)
+        return x.view(1, q, self.hidden).to(self.out_dtype), out
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # fused; in fp32 the same values as transformers' LlamaRMSNorm, in bf16 one rounding instead of two

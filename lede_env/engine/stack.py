@@ -23,7 +23,9 @@ Paths (`STACKS`, `make_stack(model, path)`):
                  exact against plain greedy decoding on the same path, not against fp32. On the native
                  products (AVX-512) the weights are widened exactly and everything else stays fp32 (products,
                  sums, hidden states): fp32 arithmetic on bf16-rounded weights. Elsewhere oneDNN computes in
-                 bf16. Hidden states are handed back in the model's dtype. The fastest path
+                 bf16. Hidden states are handed back in the model's dtype (fp32 for a bf16 model on the
+                 native products, so that no rounding falls between a draft's layers and the rest). The
+                 fastest path
     "auto"       the fastest path validated for the model's device and dtype (`auto_path`)
 """
 

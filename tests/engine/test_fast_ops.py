@@ -69,6 +69,11 @@ def test_attention_rows_independent_of_batch_and_threads(ops, d):
     cap, past, rows = 256, 180, 40
     kc, vc = torch.randn(KV, cap, d, generator=gen), torch.randn(KV, cap, d, generator=gen)
     q = torch.randn(rows, H, d, generator=gen)
+    for short in (0, 3):   # rows with fewer than 16 keys, and a block of 16 that ends inside the rows
+        few = ops.attention(q[:20].contiguous(), kc, vc, short, 0.25, torch.float32)
+        for r in (0, 5, 12, 19):
+            assert torch.equal(ops.attention(q[r:r + 1].contiguous(), kc, vc, short + r, 0.25, torch.float32)[0],
+                               few[r]), (short, r)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -96,6 +101,21 @@ def test_bad_input_is_refused(ops):
         ops.rms_norm(torch.zeros(2, 4), torch.zeros(3), 1e-5)
     with pytest.raises(RuntimeError, match="norm weight"):
         ops.add_rms_norm(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(4, dtype=torch.bfloat16), 1e-5)
+    kc, qkv, table = torch.zeros(KV, 8, D), torch.zeros(2, (H + 2 * KV) * D), torch.zeros(8, D)
+    with pytest.raises(RuntimeError, match="past must be >= 0"):
+        ops.rope_append(qkv, kc, kc.clone(), -1, table, table, H, KV)
+    with pytest.raises(RuntimeError, match="cos and sin"):
+        ops.rope_append(qkv, kc, kc.clone(), 0, table[:, :D // 2].contiguous(), table, H, KV)
+    with pytest.raises(RuntimeError, match="one shape"):
+        ops.rope_append(qkv, kc, torch.zeros(KV, 6, D), 0, table, table, H, KV)
+    q = torch.zeros(2, H, D)
+    with pytest.raises(RuntimeError, match="multiple of the kv heads"):
+        ops.attention(torch.zeros(2, H - 1, D), kc, kc.clone(), 0, 1.0, torch.float32)
+    with pytest.raises(RuntimeError, match="head_dim"):
+        ops.attention(torch.zeros(2, H, D // 2), kc, kc.clone(), 0, 1.0, torch.float32)
+    with pytest.raises(RuntimeError, match="past must be >= 0"):
+        ops.attention(q, kc, kc.clone(), -1, 1.0, torch.float32)
+    assert ops.attention(torch.zeros(0, H, D), kc, kc.clone(), 0, 1.0, torch.float32).shape == (0, H * D)
 
 
 def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):
@@ -124,16 +144,17 @@ def test_native_linear_matches_and_is_row_invariant(ops, wdtype):
         for m in (1, 2, 5, 13, 40):
             x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen).to(wdtype)
             torch.testing.assert_close(ops.linear(x, w), x @ w.float().T, rtol=1e-5, atol=1e-4)
-    x, w = _order_revealing(64, 1536, 40, wdtype)
-    x = x.float()
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        batch = ops.linear(x, w)
-        torch.set_num_threads(1)
-        for m in range(1, 41):
-            assert torch.equal(ops.linear(x[:m].contiguous(), w), batch[:m]), m
-        assert all(torch.equal(ops.linear(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(40))
+        for n, k in [(64, 1536), (37, 100)]:                  # (37, 100): tails in n and in k
+            x, w = _order_revealing(n, k, 40, wdtype)
+            x = x.float()
+            torch.set_num_threads(2)
+            batch = ops.linear(x, w)
+            torch.set_num_threads(1)
+            for m in range(1, 41):
+                assert torch.equal(ops.linear(x[:m].contiguous(), w), batch[:m]), (n, k, m)
+            assert all(torch.equal(ops.linear(x[i:i + 1].contiguous(), w)[0], batch[i]) for i in range(40))
     finally:
         torch.set_num_threads(threads)
     with pytest.raises(RuntimeError, match="x in fp32 and w in fp32 or bf16"):

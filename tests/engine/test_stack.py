@@ -93,18 +93,22 @@ def test_fast_rejects_uneven_run_and_grows_cache(tiny):
 
 
 @pytest.mark.parametrize("ops", ["native", "torch"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_is_batch_invariant(tiny, dtype, ops):
-    """Verifying q positions gives bit for bit the hidden states and logits of one position at a time."""
-    model, _ = tiny
+@pytest.mark.parametrize("dtype,model_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.bfloat16, torch.bfloat16)])
+def test_fast_is_batch_invariant(tiny, dtype, model_dtype, ops):
+    """Verifying q positions gives bit for bit the hidden states and logits of one position at a time, also
+    when the run is split at an exit layer (drafts, then verification), for fp32 and bf16 models."""
+    import copy
+
+    model = tiny[0] if model_dtype == torch.float32 else copy.deepcopy(tiny[0]).to(model_dtype)
     fast = FastLayerStack(model, dtype=dtype, invariant=True, ops=ops)
     n, hid = len(model.model.layers), model.config.hidden_size
     gen = torch.Generator().manual_seed(1)
     with torch.inference_mode():
-        fast.run(torch.randn(1, 60, hid, generator=gen), 0, n)        # prefill (crosses a 64-key chunk below)
+        fast.run(torch.randn(1, 60, hid, generator=gen).to(model_dtype), 0, n)   # prefill (crosses a 64-key chunk)
         for past, q, L in [(60, 13, 2), (62, 4, 4), (55, 9, 1), (60, 2, 5)]:
             fast.crop(past)
-            h = torch.randn(1, q, hid, generator=gen)
+            h = torch.randn(1, q, hid, generator=gen).to(model_dtype)
             batch, probes = fast.run(h, 0, n, (L,))
             batch_logits = fast.logits(batch[0])
             fast.crop(past)

@@ -70,6 +70,13 @@ void check_rows(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be fp32 or bf16");
 }
 
+// the KV cache: kc and vc contiguous fp32 CPU tensors [KV, capacity, D] of one shape
+void check_cache(const torch::Tensor& kc, const torch::Tensor& vc) {
+  TORCH_CHECK(kc.device().is_cpu() && kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat &&
+              kc.is_contiguous() && vc.is_contiguous() && kc.dim() == 3 && kc.sizes() == vc.sizes(),
+              "the cache must be two contiguous fp32 CPU tensors [KV, capacity, D] of one shape");
+}
+
 void check_norm_weight(const torch::Tensor& w, const torch::Tensor& x) {
   TORCH_CHECK(w.is_contiguous() && w.numel() == x.size(1) && w.scalar_type() == x.scalar_type(),
               "the norm weight must be contiguous, of the rows' dtype, with ", x.size(1), " elements");
@@ -142,12 +149,17 @@ torch::Tensor silu_mul(const torch::Tensor& gu) {
 torch::Tensor rope_append(const torch::Tensor& qkv, torch::Tensor& kc, torch::Tensor& vc, int64_t past,
                           const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t KV) {
   check_rows(qkv, "qkv");
-  TORCH_CHECK(kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat && kc.is_contiguous() &&
-              vc.is_contiguous(), "the cache must be contiguous fp32");
+  check_cache(kc, vc);
   const int rows = qkv.size(0), D = kc.size(2), cap = kc.size(1), half = D / 2;
+  TORCH_CHECK(KV == kc.size(0) && H > 0 && H % KV == 0, "H (", H, ") must be a multiple of the cache's ", kc.size(0),
+              " kv heads");
   TORCH_CHECK(qkv.size(1) == (H + 2 * KV) * D, "qkv has ", qkv.size(1), " columns, expected ", (H + 2 * KV) * D);
-  TORCH_CHECK(past + rows <= cap && past + rows <= cos.size(0), "the cache holds ", cap, " positions, need ",
-              past + rows);
+  TORCH_CHECK(past >= 0, "past must be >= 0, got ", past);
+  TORCH_CHECK(past + rows <= cap, "the cache holds ", cap, " positions, need ", past + rows);
+  for (const auto* t : {&cos, &sin})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(1) == D &&
+                t->size(0) >= past + rows, "cos and sin must be contiguous fp32 [positions >= ", past + rows,
+                ", ", D, "]");
   auto q = torch::empty({rows, H, D}, qkv.options().dtype(at::kFloat));
   float *pq = q.data_ptr<float>(), *pk = kc.data_ptr<float>(), *pv = vc.data_ptr<float>();
   const float *pc = cos.data_ptr<float>(), *psn = sin.data_ptr<float>();
@@ -288,11 +300,17 @@ void attend_row_avx512(const float* q, const float* k, const float* v, int64_t k
 // Returns [rows, H * D] in out_dtype. AVX-512 where D is a multiple of 16 (up to 256), else portable loops.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const torch::Tensor& vc, int64_t past,
                         double scale, at::ScalarType out_dtype) {
-  TORCH_CHECK(q.scalar_type() == at::kFloat && q.is_contiguous() && q.dim() == 3, "q must be [rows, H, D] fp32");
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat && q.is_contiguous() && q.dim() == 3,
+              "q must be a contiguous fp32 CPU tensor [rows, H, D]");
+  check_cache(kc, vc);
   const int rows = q.size(0), H = q.size(1), D = q.size(2), KV = kc.size(0), cap = kc.size(1);
-  const int groups = H / KV;
+  TORCH_CHECK(kc.size(2) == D, "q has head_dim ", D, ", the cache ", kc.size(2));
+  TORCH_CHECK(H > 0 && H % KV == 0, "the query heads (", H, ") must be a multiple of the kv heads (", KV, ")");
+  TORCH_CHECK(past >= 0, "past must be >= 0, got ", past);
   TORCH_CHECK(past + rows <= cap, "the cache holds ", cap, " positions, need ", past + rows);
+  const int groups = H / KV;
   auto out = torch::empty({rows, H * D}, q.options().dtype(out_dtype));
+  if (rows == 0) return out;
   const float *pq = q.data_ptr<float>(), *pk = kc.data_ptr<float>(), *pv = vc.data_ptr<float>();
 #if defined(__AVX512F__)
   const bool vector = D % 16 == 0 && D <= 16 * MAX_DC;
@@ -338,7 +356,7 @@ constexpr int MB_MANY = 6;
 constexpr int NB_MANY = 4;
 constexpr int64_t PF_BYTES = 16384;
 
-// One step of k per weight type: STEP elements of NW weight rows times the matching x, into fp32 lanes.
+// One step of k per weight type: STEP elements of NBT weight rows times the matching x, into fp32 lanes.
 struct F32W {   // fp32 weights: 16 per vector, x in its natural order
   using T = float;
   static constexpr int STEP = 16;
@@ -359,7 +377,8 @@ struct BF16W {  // bf16 weights: 32 per load, split exactly into the even and od
                 // mask: bf16 is the top half of fp32); x deinterleaved to match (see `deinterleave`)
   using T = uint16_t;
   static constexpr int STEP = 32;
-  static constexpr int nb(int mb) { return mb <= 1 ? 8 : mb <= 5 ? 4 : 2; }  // registers: mb*nb + 2nb + 2 <= 32
+  // registers: mb*nb + 2nb + 2 <= 32 up to 12 rows (13-14 rows and the 6 x 4 prefill tiles spill a few)
+  static constexpr int nb(int mb) { return mb <= 1 ? 8 : mb <= 5 ? 4 : 2; }
   template <int MB, int NBT, bool MASKED>
   static void step(__m512 (&acc)[MB][NBT], const float* x, int64_t ldx, const uint16_t* w, int64_t K, int64_t k,
                    int64_t rest) {
@@ -484,8 +503,8 @@ torch::Tensor deinterleave(const torch::Tensor& x) {
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
               "linear takes x in fp32 and w in fp32 or bf16, got ", x.scalar_type(), " and ", w.scalar_type());
-  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-              "linear takes contiguous x [M, K] and w [N, K]");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && x.is_contiguous() && w.is_contiguous() && x.dim() == 2 &&
+              w.dim() == 2 && x.size(1) == w.size(1), "linear takes contiguous CPU tensors x [M, K] and w [N, K]");
   TORCH_CHECK(HAS_F32_DOT, "linear needs a CPU with AVX-512 (built with -march=native)");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());
