@@ -432,40 +432,33 @@ inline void tile_n(int64_t mb, int64_t nb, const float* x, int64_t ldx, const ty
   tile<W, MBT, NBT, PREFETCH>(x, ldx, w, K, y, ldy);
 }
 
-// one pass over the weights for all M (== MB) rows, in blocks of W::nb(MB) weight rows split over the threads
-template <typename W, int MB>
-void one_pass(const float* x, int64_t ldx, const typename W::T* w, int64_t N, int64_t K, float* y) {
-  constexpr int NBT = W::nb(MB);
-  at::parallel_for(0, (N + NBT - 1) / NBT, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      tile_n<W, MB, NBT, 2>(MB, std::min<int64_t>(NBT, N - b * NBT), x, ldx, w + b * NBT * K, K, y + b * NBT, N);
-  });
-}
-
-template <typename W, int MB = MB_ONE>
-void one_pass_m(int64_t M, const float* x, int64_t ldx, const typename W::T* w, int64_t N, int64_t K, float* y) {
-  if constexpr (MB > 1) {
-    if (M < MB) return one_pass_m<W, MB - 1>(M, x, ldx, w, N, K, y);
-  }
-  one_pass<W, MB>(x, ldx, w, N, K, y);
-}
-
-template <typename W>
-void dot_linear(const float* x, int64_t M, int64_t ldx, const typename W::T* w, int64_t N, int64_t K, float* y) {
-  if (M <= MB_ONE) return one_pass_m<W>(M, x, ldx, w, N, K, y);
-  // tiles of rows of as equal a size as possible; weights prefetched by the first
-  const int64_t tiles = (M + MB_MANY - 1) / MB_MANY, base = M / tiles, extra = M % tiles;
-  at::parallel_for(0, (N + NB_MANY - 1) / NB_MANY, 16, [&](int64_t b0, int64_t b1) {
+// all M rows against blocks of NB weight rows (the blocks split over the threads), the rows in tiles of at
+// most MBT of as equal a size as possible (13 rows in tiles of 6: 5 + 4 + 4, not 6 + 6 + 1); the first tile of
+// each block prefetches
+template <typename W, int MBT, int NB, int PREFETCH>
+void blocks(const float* x, int64_t M, int64_t ldx, const typename W::T* w, int64_t N, int64_t K, float* y) {
+  const int64_t tiles = (M + MBT - 1) / MBT, base = M / tiles, extra = M % tiles;
+  at::parallel_for(0, (N + NB - 1) / NB, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t nb = std::min<int64_t>(NB_MANY, N - b * NB_MANY);
-      for (int64_t t = 0, m = 0; t < tiles; ++t) {
+      const int64_t nb = std::min<int64_t>(NB, N - b * NB);
+      const typename W::T* wb = w + b * NB * K;
+      for (int64_t t = 0, m = 0; t < tiles; m += base + (t < extra), ++t) {
         const int64_t mb = base + (t < extra);
-        if (t == 0) tile_n<W, MB_MANY, NB_MANY, 1>(mb, nb, x + m * ldx, ldx, w + b * NB_MANY * K, K, y + m * N + b * NB_MANY, N);
-        else tile_n<W, MB_MANY, NB_MANY, 0>(mb, nb, x + m * ldx, ldx, w + b * NB_MANY * K, K, y + m * N + b * NB_MANY, N);
-        m += mb;
+        if (t == 0) tile_n<W, MBT, NB, PREFETCH>(mb, nb, x + m * ldx, ldx, wb, K, y + m * N + b * NB, N);
+        else tile_n<W, MBT, NB, 0>(mb, nb, x + m * ldx, ldx, wb, K, y + m * N + b * NB, N);
       }
     }
   });
+}
+
+// up to MB_ONE rows in one pass over the weights (one tile of all M rows), more in tiles of MB_MANY rows
+template <typename W, int MB = MB_ONE>
+void dot_linear(const float* x, int64_t M, int64_t ldx, const typename W::T* w, int64_t N, int64_t K, float* y) {
+  if (M > MB_ONE) return blocks<W, MB_MANY, NB_MANY, 1>(x, M, ldx, w, N, K, y);
+  if constexpr (MB > 1) {
+    if (M < MB) return dot_linear<W, MB - 1>(x, M, ldx, w, N, K, y);
+  }
+  blocks<W, MB, W::nb(MB), 2>(x, M, ldx, w, N, K, y);
 }
 
 // x [M, K] -> [M, KP] (KP = K rounded up to 32, zero-padded), each chunk of 32 as its 16 even then 16 odd
