@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lede demo
 
+# The whole suite, then the engine and decoder tests again on the fast path's two other builds: the portable C++
+# loops (what CPUs without AVX-512 build) and no C++ operations at all (the torch fallback).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	LEDE_FAST_OPS=portable $(BIN)/python -m pytest -q -m "not slow" tests/engine
+	LEDE_FAST_OPS=0 $(BIN)/python -m pytest -q -m "not slow" tests/engine
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -41,30 +41,29 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="passes over the prompts (generation figures)")
     ap.add_argument("--component-repeats", type=int, default=15)
-    ap.add_argument("--paths", default="eager,fast,fast-invariant,fast-bf16")
+    ap.add_argument("--paths", default="eager,fast,fast-bf16")
     ap.add_argument("--heads", default="identity", help="exit heads for the drafts: identity, default or a path")
     ap.add_argument("--spec", default="26,2", help="static 'L,k' of the speculative row")
     ap.add_argument("--context", type=int, default=128, help="cache length of the component measurements")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lede_env.engine.decoder import SelfSpeculativeDecoder, _confidence
+    from lede_env.engine.measure import component_timers
     from lede_env.models import load_model
-    from lede_env.prompts import encode_prompt, load_prompts
+    from lede_env.wiring import build_decoder
 
     print(f"load average at start: {_load()}  (threads {args.threads}, torch {torch.__version__})")
-    model, tok = load_model("smollm2-135m")
-    from lede_env.defaults import resolve_exit_heads
-
-    heads = resolve_exit_heads(args.heads, "smollm2-135m", model)
+    loaded = load_model("smollm2-135m")
+    model = loaded[0]
     N = model.config.num_hidden_layers
-    prompts = [encode_prompt(tok, p.text, True) for p in load_prompts("mixed:test")[:args.prompts]]
     paths = args.paths.split(",")
     decs, setup = {}, {}
     for name in paths:
         t0 = time.perf_counter()
-        dec = SelfSpeculativeDecoder(model, exit_heads=heads, eos_token_id=tok.eos_token_id, path=name)
+        built = build_decoder("smollm2-135m", heads=args.heads, path=name, loaded=loaded)
         setup[name] = time.perf_counter() - t0
+        dec, heads = built.decoder, built.heads
+        prompts = built.encode("mixed:test", limit=args.prompts)
         dec.generate(prompts[0], 8)   # warm-up
         decs[name] = dec
     model.generate(torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False)
@@ -97,60 +96,10 @@ def main() -> None:
                 exact[name] &= out["spec"] == out["plain"]
 
     # ---------------------------------------------------------------- components, interleaved
-    vocab, hidden = model.config.vocab_size, model.config.hidden_size
-    gen = torch.Generator().manual_seed(0)
-    ctx = [int(t) for t in torch.randint(3, vocab, (args.context,), generator=gen)]
     qs = (1, 2, 4, 8, 13)
     draft_layers = (4, 16)
     comp: dict[tuple[str, str], list[float]] = {}
-    tasks = {}
-    for name, dec in decs.items():
-        dec.start(ctx, max_new_tokens=16)
-        base = len(dec.tokens) - 1
-        embed = model.model.embed_tokens
-
-        def make(dec=dec, base=base, embed=embed):
-            def verify(q):
-                ids = torch.tensor([ctx[:q]])
-
-                def f():
-                    h, _ = dec._run_layers(embed(ids), 0, N, q)
-                    logits = dec._logits(h[0])
-                    logits.argmax(dim=-1).tolist()
-                    _confidence(logits[:1])
-                    dec._crop(base)
-                return f
-
-            def layer1():
-                dec._run_layers(torch.randn(1, 1, hidden), 0, N, 1)
-                dec._crop(base)
-
-            def head(q):
-                h0 = torch.randn(q, hidden)
-
-                def f():
-                    logits = dec._logits(h0)
-                    logits.argmax(dim=-1).tolist()
-                    _confidence(logits[:1])
-                return f
-
-            def draft(L):
-                def f():
-                    h, _ = dec._run_layers(dec._embed(dec.tokens[-1]), 0, L, 1)
-                    logits = dec._draft_logits(dec.heads.apply(L, h[:, -1]))
-                    int(logits.argmax(dim=-1)[0])
-                    _confidence(logits[0], entropy=False)
-                    dec._crop(base)
-                return f
-
-            t = {f"verify q={q}": verify(q) for q in qs}
-            t["layers q=1"] = layer1
-            t["head q=1"] = head(1)
-            t["head q=13"] = head(13)
-            t.update({f"draft L={L}": draft(L) for L in draft_layers})
-            return t
-
-        tasks[name] = make()
+    tasks = {name: component_timers(dec, draft_layers, qs, context=args.context) for name, dec in decs.items()}
     with torch.inference_mode():
         for name in decs:
             for fn in tasks[name].values():
@@ -173,7 +122,7 @@ def main() -> None:
     row("", paths)
     row("stack setup (s)", [f"{setup[p]:.1f}" for p in paths])
     g = statistics.median(tps["generate"])
-    row(f"generate: plain greedy tok/s", [f"{g:.1f}"] * len(paths))
+    row("generate: plain greedy tok/s", [f"{g:.1f}"] * len(paths))
     row("plain greedy tok/s", [f"{statistics.median(tps[p]):.1f}" for p in paths])
     row("  / generate (median of ratios)", [f"{statistics.median(ratio[p]):.2f}x" for p in paths])
     row("  greedy output == generate", [str(equal_generate[p]) for p in paths])
@@ -185,6 +134,7 @@ def main() -> None:
     row("verify q=13 / q=1", [f"{med[(p, 'verify q=13')] / med[(p, 'verify q=1')]:.2f}x" for p in paths])
     row("verify q=4 / q=1", [f"{med[(p, 'verify q=4')] / med[(p, 'verify q=1')]:.2f}x" for p in paths])
     row("decoder layer q=1 (ms)", [f"{med[(p, 'layers q=1')] / N:.3f}" for p in paths])
+    row("decoder layer q=13 (ms)", [f"{med[(p, 'layers q=13')] / N:.3f}" for p in paths])
     L0, L1 = draft_layers
     row(f"draft token L={L1} (ms)", [f"{med[(p, f'draft L={L1}')]:.2f}" for p in paths])
     row("draft cost per layer (ms)",

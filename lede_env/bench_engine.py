@@ -24,17 +24,12 @@ def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: in
         exit_layers: Sequence[int] = (8, 12, 16, 20, 24, 28), spec_lengths: Sequence[int] = (1, 2, 4, 6),
         heads: str = "default", prompts: str = "mixed:test", path: str = "auto") -> dict:
     """Run the benchmark, print the tables, return the figures."""
-    from lede_env.defaults import resolve_exit_heads
-    from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.engine.profile import heads_label
-    from lede_env.models import load_model
-    from lede_env.prompts import encode_prompt, load_prompts
+    from lede_env.wiring import build_decoder
 
     console = Console(highlight=False)
-    model, tok = load_model(model_name)
-    exit_heads = resolve_exit_heads(heads, model_name, model)
-    dec = SelfSpeculativeDecoder(model, exit_heads=exit_heads, eos_token_id=tok.eos_token_id, path=path)
-    ids = [encode_prompt(tok, p.text, True) for p in load_prompts(prompts)[:n_prompts]]
+    setup = build_decoder(model_name, heads=heads, path=path)
+    model, dec = setup.model, setup.decoder
+    ids = setup.encode(prompts, limit=n_prompts)
     dec.generate(ids[0], 8)  # warm-up
     ar_tps, gen_tps, refs, eq = [], [], [], []
     for p in tqdm(ids, desc="plain greedy"):
@@ -55,7 +50,7 @@ def run(model_name: str = "smollm2-135m", n_prompts: int = 4, max_new_tokens: in
             tps.append(len(out) / len(steps) if steps else 1.0)
         grid[(L, k)] = (statistics.median(speedups), statistics.mean(tps), exact)
     console.print(f"[bold]{model_name}[/], {torch.get_num_threads()} threads, exit heads "
-                  f"{heads_label(exit_heads)}, path {dec.path}, {len(ids)} prompts x {max_new_tokens} new tokens")
+                  f"{setup.heads_label}, path {dec.path}, {len(ids)} prompts x {max_new_tokens} new tokens")
     console.print(f"plain greedy, our engine:   {statistics.median(ar_tps):.1f} tokens/s (median)")
     console.print(f"plain greedy, model.generate: {statistics.median(gen_tps):.1f} tokens/s (median)")
     table = Table(title="static (L, k): speedup over plain greedy (median) / mean tokens per step")

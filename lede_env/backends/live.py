@@ -9,22 +9,15 @@ from lede_env.backends.base import BackendReset, BackendStep
 
 
 class LiveBackend:
-    """Runs the engine on a list of tokenised prompts."""
+    """Runs a `SelfSpeculativeDecoder` (built by `lede_env.wiring.build_decoder`) on tokenised prompts."""
 
     kind = "live"
 
-    def __init__(self, model, tokenizer, prompts: Sequence[Sequence[int]], probe_layers: Sequence[int],
-                 max_new_tokens: int, exit_heads=None, max_context: int | None = None, sampling=None,
-                 path: str = "auto"):
-        from lede_env.engine.decoder import SelfSpeculativeDecoder
-
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int):
+        self.decoder = decoder
         self.prompts = [list(p) for p in prompts]
         self.max_new_tokens = max_new_tokens
-        self.decoder = SelfSpeculativeDecoder(model, exit_heads=exit_heads, eos_token_id=tokenizer.eos_token_id,
-                                              probe_layers=probe_layers, max_context=max_context,
-                                              sampling=sampling, path=path)
-        self.probe_layers = tuple(probe_layers)
+        self.probe_layers = tuple(decoder.probe_layers)
         for i, p in enumerate(self.prompts):
             if len(p) >= self.decoder.max_context:
                 raise ValueError(f"Prompt {i} has {len(p)} tokens but the context window holds "

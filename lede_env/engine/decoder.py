@@ -1,5 +1,6 @@
 """Self-speculative decoding over one sequence: draft with the first L layers, verify with the full model,
-accept, commit, crop. One step reads top to bottom in `SelfSpeculativeDecoder.step`.
+accept, commit, crop. One step is three public phases, `SelfSpeculativeDecoder.draft`, `verify` and `commit`,
+composed by `step`, each read top to bottom.
 
 State between steps (DESIGN.md section 1): committed tokens ``x_1..x_n``; one KV cache holding every layer
 for ``x_1..x_{n-1}``; the *pending* token ``x_n`` (chosen by the full model, not yet processed by any layer).
@@ -8,7 +9,8 @@ A step with action ``(L, k)``:
   1. draft:  feed ``x_n, d_1, .., d_{k-1}`` through layers ``0..L-1`` (+ exit head, final norm, LM head),
              one token at a time, appending to those layers' cache; this yields ``d_1..d_k``.
   2. verify: layers ``0..L-1`` already hold ``x_n, d_1..d_{k-1}``, so they process only ``d_k``; layers
-             ``L..N-1`` then process all ``k + 1`` positions from the saved layer-L hidden states.
+             ``L..N-1`` then process all ``k + 1`` positions from the saved layer-L hidden states (one position
+             at a time on a layer stack that is not batch-invariant, so that exactness holds on every path).
   3. accept: greedy: the longest prefix with ``d_i == argmax p_full``; sampling: the speculative-sampling
              rule, whose output distribution is exactly the full model's.
   4. commit: accepted drafts plus one full-model token (correction or bonus) are produced; every layer's
@@ -21,7 +23,6 @@ The engine knows nothing of RL: the environment turns `StepResult` into observat
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -63,6 +64,31 @@ class SamplingConfig:
         return self.temperature == 0
 
 
+@dataclass(frozen=True, eq=False)
+class Draft:
+    """What `SelfSpeculativeDecoder.draft` did: the draft tokens and, per pass, the layer-L state, the probe
+    layers' states and the draft's logits (inputs ``x_n, d_1..d_{k-1}``)."""
+
+    exit_layer: int
+    k_requested: int
+    tokens: list[int]
+    hidden: list[torch.Tensor]
+    probes: list[dict[int, torch.Tensor]]
+    logits: list[torch.Tensor]
+    time: float
+
+
+@dataclass(frozen=True, eq=False)
+class Verification:
+    """What `SelfSpeculativeDecoder.verify` computed: final hidden states [1, k+1, hidden], per position the probe
+    layers' states, the full model's logits [k+1, V]."""
+
+    hidden: torch.Tensor
+    probes: list[dict[int, torch.Tensor]]
+    logits: torch.Tensor
+    time: float
+
+
 @dataclass(frozen=True)
 class StepResult:
     """One step's outcome. Per-position quantities cover only the committed prefix of the step (the
@@ -96,7 +122,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _confidence(logits: torch.Tensor, entropy: bool = True
+def confidence(logits: torch.Tensor, entropy: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """argmax, max probability and entropy (nats; None unless ``entropy``) of logits [..., V], in float32.
     Drafts skip the entropy: it needs ``exp`` over the whole row, which is slow on the -1e4 entries a draft
@@ -185,9 +211,9 @@ class SelfSpeculativeDecoder:
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = torch.tensor([prompt_ids], device=self.device)
-            h = self._run_layers(self.model.model.embed_tokens(x), 0, self.num_layers, len(prompt_ids))[0]
-            logits = self._logits(h[:, -1])
-            first = int(self._pick(logits)[0])
+            h = self.stack.run(self.model.model.embed_tokens(x), 0, self.num_layers)[0]
+            logits = self.logits(h[:, -1])
+            first = int(self.pick(logits)[0])
         _sync(self.device)
         self.tokens = prompt_ids + [first]
         self.prompt_len = len(prompt_ids)
@@ -200,124 +226,147 @@ class SelfSpeculativeDecoder:
         return max_draft_length(self.max_new_tokens - len(self.generated), self.max_context - len(self.tokens))
 
     def step(self, exit_layer: int, k: int) -> StepResult:
-        """One self-speculative step with exit layer ``exit_layer`` and speculation length ``k``."""
+        """One self-speculative step with exit layer ``exit_layer`` and speculation length ``k``: `draft`, then
+        `verify`, then `commit`."""
+        draft = self.draft(exit_layer, k)
+        return self.commit(draft, self.verify(draft))
+
+    def draft(self, exit_layer: int, k: int) -> Draft:
+        """Phase 1: ``min(k, max_k())`` draft tokens from layers ``0..L-1`` (+ exit head, final norm, LM head), one
+        at a time, appending to those layers' cache and keeping each pass's layer-L state for `verify`."""
         self._check_layer(exit_layer, "exit layer")
         if k < 0:
             raise ValueError(f"Speculation length k must be >= 0 (0 = plain autoregressive step), got {k}.")
         if self.done:
             raise RuntimeError("The generation is finished; call start() with a new prompt.")
-        L, N = int(exit_layer), self.num_layers
+        L = int(exit_layer)
         k_eff = min(int(k), self.max_k())
-        n = len(self.tokens)          # committed, the pending token included; the cache holds n - 1
-        pending = self.tokens[-1]
-        greedy = self.sampling.greedy
+        _sync(self.device)
+        t0 = time.perf_counter()
+        tokens: list[int] = []
+        hidden: list[torch.Tensor] = []   # h_L of inputs x_n, d_1..d_{k-1}
+        probes: list[dict[int, torch.Tensor]] = []
+        logits: list[torch.Tensor] = []
+        token = self.tokens[-1]
+        with torch.inference_mode():
+            for _ in range(k_eff):
+                h, p = self.stack.run(self.embed(token), 0, L, self.probe_layers)
+                hidden.append(h)
+                probes.append(p)
+                row = self.draft_logits(self.heads.apply(L, h[:, -1]))
+                logits.append(row[0])
+                token = int(self.pick(row)[0])
+                tokens.append(token)
+        _sync(self.device)
+        return Draft(L, int(k), tokens, hidden, probes, logits, time.perf_counter() - t0)
+
+    def verify(self, draft: Draft, extra_probes: Sequence[int] = ()) -> Verification:
+        """Phase 2: the full model over ``[x_n, d_1..d_k]``. Layers ``0..L-1`` already hold ``x_n, d_1..d_{k-1}``
+        from drafting, so they process only ``d_k``; layers ``L..N-1`` process all ``k + 1`` positions from the
+        saved layer-L states (one position at a time on a stack that is not batch-invariant, so that each
+        position gets the bits of plain decoding). ``extra_probes``: more layers whose hidden states to keep."""
+        L, N, k = draft.exit_layer, self.num_layers, len(draft.tokens)
+        probe_set = tuple(sorted(set(self.probe_layers) | {int(x) for x in extra_probes}))
         _sync(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            # 1. Draft: k tokens from layers 0..L-1, one at a time, keeping each pass's layer-L state.
-            drafts: list[int] = []
-            draft_hidden: list[torch.Tensor] = []   # h_L of inputs x_n, d_1..d_{k-1}
-            draft_probes: list[dict[int, torch.Tensor]] = []
-            draft_logits: list[torch.Tensor] = []
-            token = pending
-            for _ in range(k_eff):
-                h, probes = self._run_layers(self._embed(token), 0, L, 1)
-                draft_hidden.append(h)
-                draft_probes.append(probes)
-                logits = self._draft_logits(self.heads.apply(L, h[:, -1]))
-                draft_logits.append(logits[0])
-                token = int(self._pick(logits)[0])
-                drafts.append(token)
-            _sync(self.device)
-            t1 = time.perf_counter()
-
-            # 2. Verify: layers 0..L-1 process only d_k; layers L..N-1 process [x_n, d_1..d_k].
-            if k_eff == 0:
-                h_final, probes_v = self._run_layers(self._embed(pending), 0, N, 1)
-                probe_rows = [probes_v]
+            if k == 0:
+                h_final, p = self.stack.run(self.embed(self.tokens[-1]), 0, N, probe_set)
+                probe_rows = [p]
             else:
-                h_last, probes_last = self._run_layers(self._embed(drafts[-1]), 0, L, 1)
-                h_L = torch.cat(draft_hidden + [h_last], dim=1)
-                h_final, probes_upper = self._run_layers(h_L, L, N, k_eff + 1)
-                probe_rows = [{**p, **{l: v[:, i:i + 1] for l, v in probes_upper.items()}}
-                              for i, p in enumerate(draft_probes + [probes_last])]
-            full_logits = self._logits(h_final[0])                       # [k+1, V]
+                h_last, p_last = self.stack.run(self.embed(draft.tokens[-1]), 0, L, probe_set)
+                h_final, uppers = self.run_positions(torch.cat(draft.hidden + [h_last], dim=1), L, N, probe_set)
+                probe_rows = [{**p, **u} for p, u in zip(draft.probes + [p_last], uppers)]
+            full_logits = self.verify_logits(h_final[0])                              # [k+1, V]
+        _sync(self.device)
+        return Verification(h_final, probe_rows, full_logits, time.perf_counter() - t0)
 
-            # 3. Accept.
-            if greedy:
+    def commit(self, draft: Draft, verification: Verification) -> StepResult:
+        """Phases 3 and 4: accept the longest agreeing prefix (greedy) or by the speculative-sampling rule, cut at
+        EOS, append the produced tokens and crop every layer's cache to the committed length minus one; the
+        step's features come from the committed prefix only."""
+        drafts, k, full_logits = draft.tokens, len(draft.tokens), verification.logits
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.sampling.greedy:
                 targets = full_logits.argmax(dim=-1).tolist()
                 m = 0
-                while m < k_eff and drafts[m] == targets[m]:
+                while m < k and drafts[m] == targets[m]:
                     m += 1
                 produced = drafts[:m] + [targets[m]]
             else:
-                m, last = self._accept_sampled(drafts, draft_logits, full_logits)
-                produced = drafts[:m] + [last]
-
-            # 4. Commit: cut at EOS, append, crop every layer's cache to the committed length minus one.
+                m, last_token = self._accept_sampled(drafts, draft.logits, full_logits)
+                produced = drafts[:m] + [last_token]
             for i, tok in enumerate(produced):
                 if tok in self.eos_ids:
                     produced = produced[: i + 1]
                     break
             accepted = min(m, len(produced))
             self.tokens.extend(produced)
-            self._crop(len(self.tokens) - 1)
+            self.stack.crop(len(self.tokens) - 1)
 
             # Features on the committed prefix: verified positions 0..last (last produced the final
             # token; last == m unless an EOS cut the step short) and drafts d_1..d_{last+1}.
             last = len(produced) - 1
-            _, maxp, ent = _confidence(full_logits[: last + 1])
-            d_conf = [float(_confidence(dl, entropy=False)[1]) for dl in draft_logits[: min(last + 1, k_eff)]]
-            h_ref = h_final[0, last].float()
+            _, maxp, ent = confidence(full_logits[: last + 1])
+            d_conf = [float(confidence(dl, entropy=False)[1]) for dl in draft.logits[: min(last + 1, k)]]
+            h_ref = verification.hidden[0, last].float()
             probe_cos = tuple(float(torch.nn.functional.cosine_similarity(
-                probe_rows[last][l][0, -1].float(), h_ref, dim=0)) for l in self.probe_layers)
+                verification.probes[last][l][0, -1].float(), h_ref, dim=0)) for l in self.probe_layers)
         _sync(self.device)
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
 
         hit_eos = produced[-1] in self.eos_ids
         finished = hit_eos or len(self.generated) >= self.max_new_tokens
         truncated = not finished and len(self.tokens) >= self.max_context
         self.done = finished or truncated
         return StepResult(
-            exit_layer=L, k_requested=int(k), drafted=k_eff, accepted=accepted, tokens=tuple(produced),
-            draft_time=t1 - t0, verify_time=t2 - t1, full_maxprob=tuple(maxp.tolist()),
-            full_entropy=tuple(ent.tolist()), draft_maxprob=tuple(d_conf), probe_cos=probe_cos,
-            finished=finished, truncated=truncated)
+            exit_layer=draft.exit_layer, k_requested=draft.k_requested, drafted=k, accepted=accepted,
+            tokens=tuple(produced), draft_time=draft.time, verify_time=verification.time + (t1 - t0),
+            full_maxprob=tuple(maxp.tolist()), full_entropy=tuple(ent.tolist()), draft_maxprob=tuple(d_conf),
+            probe_cos=probe_cos, finished=finished, truncated=truncated)
+
+    def run_positions(self, h: torch.Tensor, start: int, stop: int, probes: Sequence[int] = ()
+                      ) -> tuple[torch.Tensor, list[dict[int, torch.Tensor]]]:
+        """Layers ``start..stop-1`` over the q positions of ``h`` [1, q, hidden] as verification runs them: in one
+        run on a batch-invariant stack, else one position at a time (each then gets plain decoding's bits).
+        Returns the output and, per position, the probe layers' states."""
+        q = h.shape[1]
+        if self.stack.batch_invariant:
+            out, upper = self.stack.run(h, start, stop, probes)
+            return out, [{l: v[:, i:i + 1] for l, v in upper.items()} for i in range(q)]
+        runs = [self.stack.run(h[:, i:i + 1], start, stop, probes) for i in range(q)]
+        return torch.cat([o for o, _ in runs], dim=1), [p for _, p in runs]
+
+    def verify_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head over verified rows [q, hidden], as `run_positions` runs the layers."""
+        if self.stack.batch_invariant:
+            return self.logits(rows)
+        return torch.cat([self.logits(rows[i:i + 1]) for i in range(rows.shape[0])])
+
+    def rollback(self) -> None:
+        """Drop what a `draft` or `verify` not followed by `commit` appended to the cache (profiling)."""
+        self.stack.crop(len(self.tokens) - 1)
 
     def step_with_exits(self, exit_layers: Sequence[int]) -> tuple[StepResult, list[int], list[float]]:
         """A plain autoregressive step that also reads the early exit of every layer in ``exit_layers`` at the
         pending token: returns the step, each exit's argmax and its max probability. Used to record traces.
         The exits are computed exactly as a draft computes them (one row at a time); the batched pass is only
         a shortcut taken where its top-2 margin leaves no doubt about the argmax."""
-        saved = self.probe_layers
-        self.probe_layers = tuple(sorted(set(saved) | {int(x) for x in exit_layers}))
-        captured: dict[int, torch.Tensor] = {}
-        original = self._run_layers
-
-        def run_and_capture(h, start, stop, q):
-            out, probes = original(h, start, stop, q)
-            captured.update(probes)
-            return out, probes
-
-        self._run_layers = run_and_capture  # type: ignore[method-assign]
-        try:
-            result = self.step(int(exit_layers[0]), 0)
-        finally:
-            self._run_layers = original  # type: ignore[method-assign]
-            self.probe_layers = saved
+        draft = self.draft(int(exit_layers[0]), 0)
+        verification = self.verify(draft, extra_probes=exit_layers)
+        result = self.commit(draft, verification)
+        captured = verification.probes[0]
         with torch.inference_mode():
             rows = torch.cat([self.heads.apply(L, captured[L][:, -1]) for L in exit_layers])
-            logits = self._draft_logits(rows)
+            logits = self.draft_logits(rows)
             top2 = logits.float().topk(2, dim=-1).values
-            args, maxp, _ = _confidence(logits, entropy=False)
+            args, maxp, _ = confidence(logits, entropy=False)
             for i, L in enumerate(exit_layers):
                 if float(top2[i, 0] - top2[i, 1]) < 1e-3 * max(1.0, float(top2[i, 0].abs())):
-                    single = self._draft_logits(self.heads.apply(L, captured[L][:, -1]))[0]
-                    a, p, _ = _confidence(single, entropy=False)
+                    single = self.draft_logits(self.heads.apply(L, captured[L][:, -1]))[0]
+                    a, p, _ = confidence(single, entropy=False)
                     args[i], maxp[i] = a, p
-        union = tuple(sorted(set(saved) | {int(x) for x in exit_layers}))
-        cos = dict(zip(union, result.probe_cos))
-        result = dataclasses.replace(result, probe_cos=tuple(cos[l] for l in saved))
         return result, args.tolist(), maxp.tolist()
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
@@ -337,6 +386,10 @@ class SelfSpeculativeDecoder:
         """Per-layer KV-cache length (for the invariant: committed length minus one)."""
         return self.stack.lengths()
 
+    def embed(self, token: int) -> torch.Tensor:
+        """The embedding [1, 1, hidden] of one token."""
+        return self.model.model.embed_tokens(torch.tensor([[token]], device=self.device))
+
     # ------------------------------------------------------------------ internals
     def _check_layer(self, layer: int, what: str) -> None:
         if not isinstance(layer, (int,)) and not hasattr(layer, "__index__"):
@@ -345,29 +398,18 @@ class SelfSpeculativeDecoder:
             raise ValueError(f"The {what} {layer} is out of range: this model has {self.num_layers} layers, so "
                              f"exits run from 1 to {self.num_layers - 1} (use k=0 for a full-model step).")
 
-    def _embed(self, token: int) -> torch.Tensor:
-        return self.model.model.embed_tokens(torch.tensor([[token]], device=self.device))
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head, on the execution path's own kernels (the same function on every path)."""
         return self.stack.logits(h)
 
-    def _draft_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def draft_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits of a draft from ``head(h_L)`` [rows, hidden]: the full LM head, or with a draft vocabulary
         the small head over its tokens, scattered into a full-width row (other tokens get -1e4: probability 0)."""
         if self.draft_vocab is None:
-            return self._logits(h)
+            return self.logits(h)
         sub = self.stack.draft_logits(h)
         out = torch.full((*sub.shape[:-1], self.model.config.vocab_size), -1e4, dtype=sub.dtype, device=sub.device)
         return out.index_copy_(-1, self.draft_vocab, sub)
-
-    def _run_layers(self, h: torch.Tensor, start: int, stop: int, q: int
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Layers ``start..stop-1`` on ``q`` new positions; also the outputs of probe layers in the range."""
-        return self.stack.run(h, start, stop, self.probe_layers)
-
-    def _crop(self, length: int) -> None:
-        self.stack.crop(length)
 
     def _warp(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities after temperature and top-p."""
@@ -380,7 +422,7 @@ class SelfSpeculativeDecoder:
             probs = probs / probs.sum(dim=-1, keepdim=True)
         return probs
 
-    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
         if self.sampling.greedy:
             return logits.argmax(dim=-1)
         return torch.multinomial(self._warp(logits), 1, generator=self._gen).squeeze(-1)

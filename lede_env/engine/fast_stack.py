@@ -1,6 +1,6 @@
 """The fast execution path of the layer stack (`lede_env.engine.stack` describes the interface): the same
 Llama decoder layers as transformers' eager ones with the per-operation overhead taken out, on the kernels
-measured fastest on CPU, optionally in bfloat16, and optionally batch-invariant.
+measured fastest on CPU, optionally in bfloat16; batch-invariant with the C++ operations.
 
 What it does differently from `HFLayerStack` ("eager"):
   * a static, preallocated KV cache ``[layers, kv_heads, capacity, head_dim]`` with a length counter per
@@ -10,12 +10,13 @@ What it does differently from `HFLayerStack` ("eager"):
   * RoPE cos/sin read from a table computed once by the model's own rotary embedding, applied to q and k
     together with a sign-folded sine (``x * cos + roll(x) * sin'`` equals ``x * cos + rotate_half(x) * sin``);
   * a fused RMSNorm, no repeated k/v for grouped-query attention, few Python operations per layer;
-  * the matrix products on `fast_ops.linear` (kernel "native", the default on CPUs with AVX-512; fp32 inputs,
-    fp32 or bf16 weights; batch-invariant by construction). For SmolLM2's 30 layers, 2 threads, fp32: one row
+  * the matrix products on `fast_ops.linear` (kernel "native", the default with the C++ operations: AVX-512
+    kernels where the CPU has them, portable loops elsewhere; fp32 inputs, fp32 or bf16 weights;
+    batch-invariant by construction). For SmolLM2's 30 layers, 2 threads, fp32: one row
     1.1x as fast as MKL's gemv (eager's kernel), 13 rows 2.0x as fast as MKL's gemm as eager calls it and
     1.4x as fast as oneDNN; bf16 weights: 1.7x and 1.5x as fast as oneDNN's bf16 kernels (no AMX here;
-    figures in `csrc/fast_ops.cpp`). Elsewhere: oneDNN with the weights reordered once into its
-    blocked layout (`_dnn`) and, for one fp32 row, MKL's gemv;
+    figures in `csrc/fast_ops.cpp`). Without the C++ operations: `F.linear` in fp32 (MKL), oneDNN with the
+    weights reordered once into its blocked layout (`_dnn`) in bf16;
   * its own LM head (`logits`) on the same kernels, for the decoder to call instead of ``model.lm_head``;
   * the glue between the matrix products (RMSNorm, RoPE and cache append, attention, SiLU) in C++ (``ops=
     "native"``, `lede_env.engine.fast_ops`, the default where it builds): one call each instead of some 35
@@ -26,23 +27,14 @@ What it does differently from `HFLayerStack` ("eager"):
     them stay fp32 (`act_dtype`), as do the products' arithmetic; hidden states come in in the model's dtype and
     go out in it, or in fp32 where that is wider (`out_dtype`: a bf16 model on the native products).
 
-Batch invariance (``invariant=True``; always so with the native operations and products, the defaults where
-they build; else the default below fp32). Self-speculative decoding is exact when
-verifying ``k + 1`` positions computes, for each position, the values that decoding one position at a time
-computes. With the C++ operations and the native products (the defaults where they build) this holds by
-construction; what follows is how the torch-operations version (and oneDNN's products) get it.
-Eager kernels only approximately do so (fp32 matmuls pick other kernels for one row than for several, SDPA
-splits its work by the number of queries): harmless in practice in fp32, but it flips greedy tokens in bf16.
-Batch-invariant, every computation gives a row the same bits whatever the number of rows and the cache length,
-so verification reproduces one-at-a-time decoding bit for bit (tests/engine/test_stack.py checks it):
-  * oneDNN's kernels for two or more rows give each row the same bits (checked up to 32 rows); one row runs on
-    its one-row kernel where a probe per weight shape finds it agrees, else as two identical rows
-    (`_one_row_kind`: the one-row kernel sums rows longer than 1024 in another order). The probe holds for the
-    thread count at construction: set the threads before building the stack;
-  * attention is written out: ``scores = q @ K^T`` over the cache padded to a multiple of `CHUNK` keys with an
-    additive mask (-inf beyond each row's own position), a softmax over those whole chunks, and ``P @ V`` as
-    one product per chunk of `CHUNK` keys summed in chunk order (a cumulative sum), so that neither the number
-    of queries nor the cache length changes a row's order of summation. Scores, softmax and cache are fp32.
+Batch invariance (`batch_invariant`). Self-speculative decoding is exact by construction when verifying ``k + 1``
+positions computes, for each position, the bits that decoding one position at a time computes. With the C++
+operations and their products (``ops="native"``, ``kernel="native"``: the defaults wherever the C++ operations
+build, with AVX-512 kernels or the portable loops of any other CPU) every row is computed by the same loops from
+its own inputs and position only, so the stack is batch-invariant by construction on any CPU. The torch
+operations and oneDNN/MKL kernels are not (their kernels for one row and for several sum in other orders, by
+CPU: measured 1e-6 apart on an AMD EPYC); there `batch_invariant` is False and the decoder verifies one
+position at a time (`SelfSpeculativeDecoder`), which keeps exactness at the price of the verification's speed.
 The prefill (the first run, on an empty cache) is computed once in every decoding of a prompt and uses SDPA.
 """
 
@@ -55,8 +47,8 @@ import torch.nn.functional as F
 
 from lede_env.engine import fast_ops
 
-CHUNK = 64          # keys per block of the batch-invariant attention; cache capacity is a multiple of it
-PACK_HINT = 16      # batch-size hint of oneDNN's weight reorder (16: fast at 1..13 rows, see _one_row_kind)
+BLOCK = 64          # the KV cache's capacity is a multiple of it
+PACK_HINT = 16      # batch-size hint of oneDNN's weight reorder (16: fast at 1..13 rows)
 
 
 def _dnn(w: torch.Tensor):
@@ -76,61 +68,18 @@ def mkldnn_available(dtype: torch.dtype) -> bool:
         return False
 
 
-_ONE_ROW_CHOICE: dict[tuple, str] = {}
-
-
-def _order_revealing(n: int, k: int, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of +-1 and weights with cancelling pairs of huge terms (2^20) at random places: their products
-    are exact, so a row's result is decided by the rounding of the running sum, which differs, visibly even
-    in bf16, as soon as two kernels sum in different orders."""
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randint(0, 2, (rows, k), generator=gen) * 2 - 1).to(dtype)
-    w = torch.randn(n, k, generator=gen)
-    idx = torch.arange(n)
-    for _ in range(4):
-        w[idx, torch.randint(0, k, (n,), generator=gen)] += 2.0 ** 20
-        w[idx, torch.randint(0, k, (n,), generator=gen)] -= 2.0 ** 20
-    return x, w.to(dtype)
-
-
-def _one_row_kind(w: torch.Tensor) -> str:
-    """The kernel for one row whose result equals, bit for bit, that row computed among 2..32 rows by
-    oneDNN: "mkldnn" (oneDNN's one-row kernel, the faster) or "pad" (two identical rows). Which kernels agree
-    depends on the shape, the dtype and the threads (oneDNN's one-row kernel sums rows longer than 1024 in
-    another order; `F.linear`'s gemv never agrees in fp32 and is slow in bf16), so it is probed once per shape
-    with inputs that expose any difference in the order of summation (`_order_revealing`)."""
-    key = (tuple(w.shape), w.dtype, torch.get_num_threads())
-    if key not in _ONE_ROW_CHOICE:
-        x, probe = _order_revealing(w.shape[0], w.shape[1], 32, w.dtype)
-        many, _ = _dnn(probe)
-        ref = torch.cat([many(x[i:i + 2]) for i in range(0, 32, 2)])
-        if not all(torch.equal(many(x[:m]), ref[:m]) for m in range(3, 33)):
-            raise RuntimeError(f"oneDNN's kernels are not row-invariant for a {tuple(w.shape)} {w.dtype} "
-                               "weight here; use FastLayerStack(..., invariant=False) or path='eager'.")
-        agree = all(torch.equal(many(x[i:i + 1])[0], ref[i]) for i in range(32))
-        _ONE_ROW_CHOICE[key] = "mkldnn" if agree else "pad"
-    return _ONE_ROW_CHOICE[key]
-
-
-def _linears(w: torch.Tensor, invariant: bool, kernel: str, ops=None):
+def _linears(w: torch.Tensor, kernel: str, ops=None):
     """(function for one row, function for several rows, storage to keep alive) computing ``x @ w.T``."""
     w = w.contiguous()
     if kernel == "native":   # fast_ops.linear: batch-invariant by construction, the fastest at every size
         fn = lambda x: ops.linear(x, w)  # noqa: E731
         return fn, fn, [w]
-    if kernel == "torch":
+    if kernel == "torch":    # in fp32 one row is MKL's gemv, the eager path's own kernel
         fn = lambda x: F.linear(x, w)  # noqa: E731
         return fn, fn, [w]
     many, packed = _dnn(w)
-    if invariant:
-        kind = _one_row_kind(w)
-    else:   # the fastest one-row kernel measured on CPU: MKL's gemv in fp32, oneDNN's in bf16
-        kind = "torch" if w.dtype == torch.float32 else "mkldnn"
-    if kind == "torch":
-        return (lambda x: F.linear(x, w)), many, [w, packed]
-    if kind == "mkldnn":
-        return many, many, [packed]
-    return (lambda x: many(x.expand(2, x.shape[1]))[:1]), many, [packed]
+    one = many if w.dtype != torch.float32 else (lambda x: F.linear(x, w))
+    return one, many, [w, packed]
 
 
 class FastLayerStack:
@@ -139,21 +88,17 @@ class FastLayerStack:
     Args:
         model: a ``LlamaForCausalLM`` (never changed; weights are copied, fused and packed).
         dtype: compute dtype of the layers and the LM head (default: the model's).
-        invariant: batch-invariant computation (module docstring); always on with ``ops="native"`` and
-            ``kernel="native"``. Otherwise default: on for reduced precision (needed there for exactness), off
-            for fp32: then one position runs exactly the eager path's kernels (MKL's gemv, SDPA: bit for bit
-            its values) and several run on oneDNN, exact in practice as eager is.
-        kernel: the matrix products: "native" (`fast_ops.linear`, batch-invariant; the default on CPUs with
-            AVX-512; fp32 inputs and hidden states, fp32 or bf16 weights), "mkldnn" (oneDNN, the default
-            elsewhere on CPU where available) or "torch" (`F.linear` only; not batch-invariant).
+        kernel: the matrix products: "native" (`fast_ops.linear`, batch-invariant; the default with the C++
+            operations; fp32 inputs and hidden states, fp32 or bf16 weights), "mkldnn" (oneDNN; the default
+            without them for bf16, with MKL's gemv for one fp32 row) or "torch" (`F.linear`; the default without
+            them for fp32).
         ops: the glue between the matrix products: "native" (C++, `fast_ops`; default on CPU in fp32/bf16
-            where it builds) or "torch" (torch operations; with fp32 non-invariant, one position bit for bit
-            the eager path's values).
+            where it builds) or "torch" (torch operations; in fp32 one position bit for bit the eager path's values).
         capacity: initial KV-cache capacity in positions.
         name: the execution path this stack is registered as (`lede_env.engine.stack.STACKS`).
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None, invariant: bool | None = None,
+    def __init__(self, model, dtype: torch.dtype | None = None,
                  kernel: str | None = None, capacity: int = 256, name: str = "fast", ops: str | None = None):
         self.name = name
         cfg = model.config
@@ -187,12 +132,13 @@ class FastLayerStack:
             if native:
                 kernel = "native"
             else:
-                kernel = "mkldnn" if self.device.type == "cpu" and mkldnn_available(self.dtype) else "torch"
+                dnn = self.device.type == "cpu" and self.dtype != torch.float32 and mkldnn_available(self.dtype)
+                kernel = "mkldnn" if dnn else "torch"
         if kernel not in ("native", "mkldnn", "torch"):
             raise ValueError(f"kernel must be 'native', 'mkldnn' or 'torch', got {kernel!r}.")
         if kernel == "native" and not native:
-            raise ValueError("kernel='native' (fast_ops.linear) needs ops='native' and a CPU with AVX-512; "
-                             "use kernel='mkldnn'.")
+            raise ValueError("kernel='native' (fast_ops.linear) needs ops='native' (the C++ operations); "
+                             "use kernel='mkldnn' or 'torch'.")
         self.kernel = kernel
         # dtype of the hidden states between the products: fp32 on the native products (they take bf16
         # weights with fp32 inputs), else the compute dtype
@@ -201,17 +147,12 @@ class FastLayerStack:
         # the native products gets fp32), so that a run split at an exit layer (drafts, then verification)
         # computes the bits of one run: rounding between the two would break exactness
         self.out_dtype = torch.promote_types(self.io_dtype, self.act_dtype)
-        if invariant is None:   # fp32 is exact in practice without it (as eager is), and faster; bf16 is not
-            invariant = kernel in ("mkldnn", "native") and self.dtype != torch.float32
-        if invariant and kernel not in ("mkldnn", "native"):
-            raise ValueError("The batch-invariant computation needs oneDNN's or the native kernels "
-                             "(kernel='mkldnn' or 'native').")
-        # the C++ operations with the native products are batch-invariant by construction, whatever was asked
-        self.invariant = bool(invariant) or (self._ops is not None and kernel == "native")
+        # the C++ operations with their products are batch-invariant by construction (module docstring)
+        self.batch_invariant = self._ops is not None and kernel == "native"
         self.scale = self.head_dim ** -0.5
         self.eps = float(model.model.layers[0].input_layernorm.variance_epsilon)
         # dtype of the cache and the scores
-        self.att_dtype = torch.float32 if self.invariant or self._ops else self.dtype
+        self.att_dtype = torch.float32 if self._ops else self.dtype
         self._storage: list[torch.Tensor] = []   # keeps the (packed) weights alive
         self._layers: list[tuple] = []
         with torch.no_grad():
@@ -237,20 +178,20 @@ class FastLayerStack:
         self.reset()
 
     def _make_linears(self, w: torch.Tensor):
-        one, many, stored = _linears(w, self.invariant, self.kernel, self._ops)
+        one, many, stored = _linears(w, self.kernel, self._ops)
         self._storage += stored
         return one, many
 
     # ------------------------------------------------------------------ state
     def _grow(self, need: int) -> None:
-        """Room for ``need`` positions: a larger cache (a multiple of `CHUNK`, at least double) and RoPE table.
+        """Room for ``need`` positions: a larger cache (a multiple of `BLOCK`, at least double) and RoPE table.
         Plain tensors even under inference mode, so that runs inside and outside it can both write them."""
         if need <= self.capacity:
             return
         if need > self.max_positions:
             raise ValueError(f"The sequence needs {need} positions but the model's window holds "
                              f"{self.max_positions}.")
-        cap = -(-max(need, 2 * self.capacity) // CHUNK) * CHUNK
+        cap = -(-max(need, 2 * self.capacity) // BLOCK) * BLOCK
         shape = (self.num_layers, self.kv_heads, cap, self.head_dim)
         with torch.inference_mode(False), torch.no_grad():
             k = torch.zeros(shape, dtype=self.att_dtype, device=self.device)
@@ -285,7 +226,7 @@ class FastLayerStack:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on ``h`` [..., hidden] in the path's dtype and kernels, returned in the
         model's dtype; batch-invariant when the layers are. ``model.lm_head(model.model.norm(h))`` up to
-        rounding; bit for bit for one fp32 row with ``ops="torch"`` and fp32 not batch-invariant."""
+        rounding; bit for bit for one fp32 row with ``ops="torch"``."""
         shape = h.shape[:-1]
         x = h.to(self.act_dtype).reshape(-1, self.hidden)
         out = self._head[x.shape[0] > 1](self._rms(x, self._norm))
@@ -320,14 +261,11 @@ class FastLayerStack:
             layer, attend, ctx, cos, sin = self._layer_native, None, None, self.cos, self.sin
         else:
             layer, cos, sin = self._layer, self.cos[past:end], self.sin[past:end]
-            if self.invariant and past > 0:
-                attend, ctx = self._invariant_attention, self._invariant_context(past, q)
-            else:
-                attend, ctx = self._sdpa, self._sdpa_context(past, q)
+            attend, ctx = self._sdpa, self._sdpa_context(past, q)
         out: dict[int, torch.Tensor] = {}
-        # several positions after the prefill (a verification) run on oneDNN's kernels; one position, and the
-        # prefill unless batch-invariant, on the one-row kernels (in fp32 non-invariant: eager's own, MKL)
-        many = int(q > 1 and (past > 0 or self.invariant))
+        # one position and the prefill on the one-row kernels (in fp32: eager's own, MKL), several positions
+        # after the prefill on the many-row kernels (oneDNN)
+        many = int(q > 1 and past > 0)
         layers, ks, vs = self._layers, self.k, self.v
         for i in range(start, stop):
             x = layer(layers[i][many], ks[i], vs[i], x, past, end, cos, sin, attend, ctx)
@@ -385,31 +323,3 @@ class FastLayerStack:
             qh.transpose(0, 1)[None].to(self.att_dtype), kc[None, :, :end], vc[None, :, :end], attn_mask=mask,
             is_causal=causal, scale=self.scale, enable_gqa=True)
         return att[0].transpose(0, 1).reshape(rows, self.heads * self.head_dim).to(self.act_dtype)
-
-    def _invariant_context(self, past: int, q: int):
-        """Additive mask [rows * groups, padded keys] (0 up to the row's own position, -inf after), shared by
-        the layers of a run."""
-        end = past + q
-        keys = -(-end // CHUNK) * CHUNK
-        pos = torch.arange(past, end, device=self.device)
-        blocked = torch.arange(keys, device=self.device)[None] > pos[:, None]
-        mask = torch.zeros(blocked.shape, dtype=torch.float32, device=self.device)
-        mask.masked_fill_(blocked, float("-inf"))
-        return mask.repeat_interleave(self.groups, 0), keys
-
-    def _invariant_attention(self, qh, kc, vc, end, ctx) -> torch.Tensor:
-        """Attention of rows ``qh`` [rows, heads, D] over the padded cache; row-for-row identical whatever the
-        number of rows and the cache length (module docstring)."""
-        mask, keys = ctx
-        KV, G, D = self.kv_heads, self.groups, self.head_dim
-        rows = qh.shape[0]
-        # [KV, rows * G, D]: the query heads that share a kv head, row-major
-        qg = qh.reshape(rows, KV, G, D).transpose(0, 1).reshape(KV, rows * G, D).to(torch.float32)
-        scores = torch.bmm(qg, kc[:, :keys].transpose(1, 2)).mul_(self.scale).add_(mask)
-        p = torch.softmax(scores, dim=-1)
-        n = keys // CHUNK
-        # one product per chunk of keys, summed in chunk order: [KV, n, rows * G, CHUNK] @ [KV, n, CHUNK, D]
-        parts = torch.matmul(p.view(KV, rows * G, n, CHUNK).transpose(1, 2),
-                             vc[:, :keys].view(KV, n, CHUNK, D))
-        out = parts.cumsum(1)[:, -1] if n > 1 else parts[:, 0]
-        return out.view(KV, rows, G, D).transpose(0, 1).reshape(rows, self.heads * D).to(self.act_dtype)

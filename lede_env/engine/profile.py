@@ -18,8 +18,9 @@ gives deterministic, reproducible costs for replay, training and tests; `lede pr
 from __future__ import annotations
 
 import json
-import statistics
-import time
+import os
+import platform
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,27 @@ import numpy as np
 from lede_env.paths import PACKAGE_DATA, artifacts_dir
 
 PROFILE_VERSION = 1
+UNKNOWN_CPU = "unknown"
+
+
+def cpu_signature() -> str:
+    """What this machine's CPU is, as far as it sets the costs: model name, cores, L3 size and AVX-512
+    (from /proc/cpuinfo and sysfs on Linux, `platform` elsewhere). Profiles store it (`LatencyProfile.cpu`)."""
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = line
+    except OSError:
+        pass
+    try:
+        l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        l3 = "?"
+    isa = "avx512" if " avx512f" in flags else ("avx2" if " avx2" in flags else platform.machine())
+    return f"{name}; {os.cpu_count()} cores; L3 {l3}; {isa}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,7 @@ class LatencyProfile:
     layer_cost: tuple[float, ...]      # index q-1 -> seconds per decoder layer over q positions
     head_cost: tuple[float, ...]       # index q-1 -> seconds for norm + LM head over q positions
     context: int = 0                   # context length the costs were measured at
+    cpu: str = UNKNOWN_CPU             # `cpu_signature()` of the machine it was measured on
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,7 +131,26 @@ class LatencyProfile:
         data["verify_cost"] = tuple(data["verify_cost"])
         data["layer_cost"] = tuple(data["layer_cost"])
         data["head_cost"] = tuple(data["head_cost"])
-        return cls(**data)
+        profile = cls(**data)
+        profile.check_machine(path)
+        return profile
+
+    def check_machine(self, source: str | Path | None = None) -> bool:
+        """Warn (once per profile file) when this profile was measured on another CPU than this one: its costs
+        then price rewards for a machine that is not this one. Returns whether the CPU matches."""
+        here = cpu_signature()
+        if self.cpu == here:
+            return True
+        where = f" ({source})" if source else ""
+        warnings.warn(f"The latency profile {self.key}{where} was measured on another CPU ({self.cpu}); this one is "
+                      f"{here}. Its costs do not describe this machine: measure one here with `lede profile "
+                      f"--model {self.model} --path {self.path} --heads ...` (about a minute), or pass "
+                      "cost_model='wallclock'.", StaleProfileWarning, stacklevel=3)
+        return False
+
+
+class StaleProfileWarning(UserWarning):
+    """A latency profile measured on another CPU is in use."""
 
 
 def heads_label(heads) -> str:
@@ -125,7 +167,7 @@ def find_profile(model: str, dtype: str = "float32", device: str = "cpu", thread
                  exit_heads: str = "identity") -> LatencyProfile:
     """The user's measured profile for this key, else the one shipped in the package, else a clear error.
     ``path="auto"`` looks up the path the engine would run by default (`lede_env.engine.stack.resolve_path`)."""
-    from lede_env.engine.stack import resolve_path
+    from lede_env.engine.path_names import resolve_path
 
     path = resolve_path(path, device, dtype)
     key = profile_key(model, dtype, device, threads, path, exit_heads)
@@ -135,86 +177,3 @@ def find_profile(model: str, dtype: str = "float32", device: str = "cpu", thread
     raise FileNotFoundError(f"No latency profile for {key}. Measure one with `lede profile --model {model} "
                             f"--dtype {dtype} --threads {threads} --path {path} --heads {exit_heads}` (about a minute), or pass "
                             "cost_model='wallclock'.")
-
-
-def _median_time(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_verify: int = 13,
-                    context: int = 128, repeats: int = 15, progress: bool = True
-                    ) -> LatencyProfile:
-    """Measure a `LatencyProfile` with a `SelfSpeculativeDecoder` (its model, exit heads and dtype)."""
-    import torch
-    from tqdm import tqdm
-
-    from lede_env.engine.decoder import _confidence, _sync
-
-    model, N, dev = decoder.model, decoder.num_layers, decoder.device
-    vocab = model.config.vocab_size
-    prompt = [int(t) for t in torch.randint(3, vocab, (context,), generator=torch.Generator().manual_seed(0))]
-    decoder.start(prompt, max_new_tokens=max_verify + 4)
-    base = len(decoder.tokens) - 1
-    sync = lambda: _sync(dev)  # noqa: E731
-    hidden = model.config.hidden_size
-    dtype = next(model.parameters()).dtype
-    tasks = list(exit_layers) + [f"q={q}" for q in range(1, max_verify + 1)]
-    bar = tqdm(tasks, desc="profiling", disable=not progress)
-    draft_cost, verify_cost, layer_cost, head_cost = {}, [], [], []
-    with torch.inference_mode():
-        warm = torch.tensor([prompt[:4]], device=dev)
-        for _ in range(20):  # warm-up: first calls pay for allocations and kernel selection
-            decoder._run_layers(model.model.embed_tokens(warm[:, :1]), 0, N, 1)
-            decoder._run_layers(model.model.embed_tokens(warm), 0, N, 4)
-            decoder._crop(base)
-        for task in bar:
-            if isinstance(task, int):
-                L = task
-
-                def draft_once():
-                    h, _ = decoder._run_layers(decoder._embed(decoder.tokens[-1]), 0, L, 1)
-                    logits = decoder._draft_logits(decoder.heads.apply(L, h[:, -1]))
-                    int(decoder._pick(logits)[0])
-                    _confidence(logits[0], entropy=False)
-                    decoder._crop(base)
-
-                draft_once()
-                draft_cost[L] = _median_time(draft_once, repeats, sync)
-                continue
-            q = int(task[2:])
-            ids = torch.tensor([prompt[:q]], device=dev)
-            h0 = torch.randn(1, q, hidden, dtype=dtype, device=dev)
-
-            def verify_once():
-                h, _ = decoder._run_layers(model.model.embed_tokens(ids), 0, N, q)
-                logits = decoder._logits(h[0])
-                logits.argmax(dim=-1).tolist()
-                _confidence(logits[:1])
-                decoder._crop(base)
-
-            def layers_once():
-                decoder._run_layers(h0, 0, N, q)
-                decoder._crop(base)
-
-            def head_once():
-                logits = decoder._logits(h0[0])
-                logits.argmax(dim=-1).tolist()
-                _confidence(logits[:1])
-
-            verify_once()
-            verify_cost.append(_median_time(verify_once, repeats, sync))
-            layer_cost.append(_median_time(layers_once, repeats, sync) / N)
-            head_cost.append(_median_time(head_once, repeats, sync))
-    return LatencyProfile(
-        model=model_name, dtype=str(dtype).removeprefix("torch."), device=dev.type, threads=torch.get_num_threads(),
-        path=decoder.path, exit_heads=heads_label(decoder.heads), num_layers=N, draft_cost=draft_cost,
-        verify_cost=tuple(verify_cost), layer_cost=tuple(layer_cost), head_cost=tuple(head_cost), context=context,
-        meta={"repeats": repeats, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "torch": torch.__version__})

@@ -9,23 +9,24 @@ path (static cache, fused weights, compiled layers) plugs in without touching th
     logits(h)                          final norm + LM head on h [..., hidden], in the model's dtype
     set_draft_vocab(ids)               prepare a small LM head over the token ids ``ids`` (drafts only)
     draft_logits(h)                    final norm + that small head: logits over ``ids`` [..., len(ids)]
+    batch_invariant                    True when ``run`` over q positions gives each position the bits of q
+                                       one-position runs (by construction); the decoder verifies one position
+                                       at a time on a stack where it is False, so decoding is exact on every path
 
 Paths (`STACKS`, `make_stack(model, path)`):
     "eager"      transformers' own decoder layers over a `DynamicCache` (the reference)
     "fast"       `FastLayerStack` in the model's dtype: static KV cache, fused weights, the glue between the
-                 matrix products and (on AVX-512 CPUs) the products themselves in C++ (`lede_env.engine.
-                 fast_stack`, `fast_ops`): batch-invariant by construction, so self-speculative greedy decoding
-                 is exact by construction; equal to "eager" up to fp32 rounding (on SmolLM2 its plain greedy
-                 output equals `model.generate`'s). Where the C++ operations cannot be built: torch operations
-                 and oneDNN/MKL kernels, one position bit for bit as "eager" computes it
-    "fast-invariant"  the same, batch-invariant also where the C++ operations cannot be built (then slower)
-    "fast-bf16"  weights of the layers and the LM head in bfloat16 (half the memory traffic), batch-invariant:
-                 exact against plain greedy decoding on the same path, not against fp32. On the native
-                 products (AVX-512) the weights are widened exactly and everything else stays fp32 (products,
-                 sums, hidden states): fp32 arithmetic on bf16-rounded weights. Elsewhere oneDNN computes in
-                 bf16. Hidden states are handed back in the model's dtype (fp32 for a bf16 model on the
-                 native products, so that no rounding falls between a draft's layers and the rest). The
-                 fastest path
+                 matrix products and the products themselves in C++ (`lede_env.engine.fast_stack`, `fast_ops`;
+                 AVX-512 kernels where the CPU has them, portable loops elsewhere): batch-invariant by
+                 construction on any CPU, equal to "eager" up to fp32 rounding (on SmolLM2 its plain greedy output
+                 equals `model.generate`'s). Where the C++ operations cannot be built (no compiler): torch
+                 operations and MKL, one position bit for bit as "eager" computes it, not batch-invariant
+    "fast-bf16"  weights of the layers and the LM head in bfloat16 (half the memory traffic): exact against plain
+                 greedy decoding on the same path, not against fp32. On the native products the weights are
+                 widened exactly and everything else stays fp32 (products, sums, hidden states): fp32 arithmetic
+                 on bf16-rounded weights. Without the C++ operations oneDNN computes in bf16. Hidden states are
+                 handed back in the model's dtype (fp32 for a bf16 model on the native products, so that no
+                 rounding falls between a draft's layers and the rest). The fastest path
     "auto"       the fastest path validated for the model's device and dtype (`auto_path`)
 """
 
@@ -36,11 +37,14 @@ from typing import Collection
 import torch
 from transformers import DynamicCache
 
+from lede_env.engine.path_names import PATHS, resolve_path
+
 
 class HFLayerStack:
     """The reference path ("eager"): transformers' own Llama decoder layers over a `DynamicCache`."""
 
     name = "eager"
+    batch_invariant = False   # transformers' kernels for one row and for several sum in other orders
 
     def __init__(self, model):
         self.model = model
@@ -97,25 +101,8 @@ def _fast(name: str, **options):
     return make
 
 
-STACKS = {"eager": HFLayerStack, "fast": _fast("fast"), "fast-invariant": _fast("fast-invariant", invariant=True),
-          "fast-bf16": _fast("fast-bf16", dtype=torch.bfloat16, invariant=True)}
-
-
-def resolve_path(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> str:
-    """The concrete path ``path`` names for a model on ``device`` in ``dtype`` (no model needed, so that a
-    latency profile can be looked up for replay). "auto": "fast" for CPU models in float32 or bfloat16
-    (validated there: exact, tests/engine/test_stack.py; faster than "eager" at every number of positions,
-    benchmarks/speed.py), "eager" elsewhere (other devices and dtypes are not validated). "auto" keeps the
-    model's dtype: the bf16 path of an fp32 model, "fast-bf16", changes the numerics and must be asked for by
-    name."""
-    if path != "auto":
-        if path not in STACKS:
-            raise ValueError(f"Unknown execution path {path!r}; available: {sorted(STACKS) + ['auto']}.")
-        return path
-    dev = torch.device(device).type
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return "fast" if dev == "cpu" and dtype in (torch.float32, torch.bfloat16) else "eager"
+STACKS = {"eager": HFLayerStack, "fast": _fast("fast"), "fast-bf16": _fast("fast-bf16", dtype=torch.bfloat16)}
+assert tuple(STACKS) == PATHS
 
 
 def auto_path(model) -> str:

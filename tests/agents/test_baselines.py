@@ -13,6 +13,7 @@ from agents import (Agent, AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent
                     behaviour_name, check_behaviour_spec, make_behaviour)
 from lede_env.engine.profile import LatencyProfile
 from lede_env.oracle import rollout_static, solve
+from lede_env.rollout import rollout
 from lede_env.traces import Trace, TraceSet
 
 EXITS = (2, 4, 6)
@@ -56,21 +57,12 @@ def make_env(files, **kw):
 
 
 def play(env, agent, prompt_index, deterministic=True):
-    """One episode with the hooks, as the collector runs it; returns (return, actions)."""
-    obs, info = env.reset(options={"prompt_index": prompt_index})
-    agent.reset(info)
-    total, actions, start = 0.0, [], True
-    while True:
-        action, state = agent.predict(obs, episode_start=np.array([start]), deterministic=deterministic)
-        start = False
-        assert state is None and action.shape == (2,) and action.dtype == np.int64
-        assert env.action_space.contains(action)
-        obs, r, term, trunc, info = env.step(action)
-        agent.observe(info)
-        total += r
-        actions.append(tuple(int(a) for a in action))
-        if term or trunc:
-            return total, actions
+    """One episode through the project's one loop (`rollout`, with the hooks); returns (return, actions)."""
+    ep = rollout(env, agent, options={"prompt_index": prompt_index}, deterministic=deterministic,
+                 info_keys=("tokens",))
+    assert ep.actions.shape == (ep.steps, 2) and ep.actions.dtype == np.int64
+    assert all(env.action_space.contains(a) for a in ep.actions)
+    return ep.episode_return, [tuple(int(x) for x in a) for a in ep.actions]
 
 
 def test_random_agent_is_seeded_uniform_and_batched(replay_files):

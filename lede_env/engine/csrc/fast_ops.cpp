@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#include <type_traits>
 
 namespace {
 
@@ -182,11 +183,14 @@ torch::Tensor rope_append(const torch::Tensor& qkv, torch::Tensor& kc, torch::Te
   return q;
 }
 
-#if defined(__AVX512F__)
+// LEDE_AVX512: the AVX-512 kernels (attention, products). Built with -march=native, so where the CPU has
+// AVX-512F; LEDE_PORTABLE (LEDE_FAST_OPS=portable) builds the portable loops alone, as on AVX2 or ARM CPUs.
+#if defined(__AVX512F__) && !defined(LEDE_PORTABLE)
+#define LEDE_AVX512 1
 #include <immintrin.h>
-constexpr bool HAS_F32_DOT = true;
+constexpr const char* ISA = "avx512";
 #else
-constexpr bool HAS_F32_DOT = false;
+constexpr const char* ISA = "portable";
 #endif
 
 namespace {
@@ -209,7 +213,7 @@ void attend_row(const float* q, const float* k, const float* v, int64_t keys, in
   for (int d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d] / sum);
 }
 
-#if defined(__AVX512F__)
+#if defined(LEDE_AVX512)
 constexpr int MAX_DC = 16;   // head_dim up to 256 in vectors of 16
 
 // lane t of the result: the sum of the 16 lanes of a[t]. Every lane is summed in the same tree, whatever t:
@@ -312,7 +316,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const t
   auto out = torch::empty({rows, H * D}, q.options().dtype(out_dtype));
   if (rows == 0) return out;
   const float *pq = q.data_ptr<float>(), *pk = kc.data_ptr<float>(), *pv = vc.data_ptr<float>();
-#if defined(__AVX512F__)
+#if defined(LEDE_AVX512)
   const bool vector = D % 16 == 0 && D <= 16 * MAX_DC;
 #else
   const bool vector = false;
@@ -327,7 +331,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const t
       for (int64_t item = begin; item < end; ++item) {
         const int64_t r = item / H, h = item % H, keys = past + r + 1;
         const float *k = pk + (h / groups) * cap * D, *v = pv + (h / groups) * cap * D;
-#if defined(__AVX512F__)
+#if defined(LEDE_AVX512)
         if (vector) {
           attend_row_avx512(pq + item * D, k, v, keys, D, (float)scale, p.data(), po + item * D);
           continue;
@@ -342,7 +346,7 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& kc, const t
 
 namespace {
 
-#if defined(__AVX512F__)
+#if defined(LEDE_AVX512)
 // The matrix product y = x @ w.T, x [M, K] fp32, w [N, K] fp32 or bf16, y fp32. Each output y[m, n] is one
 // accumulator of 16 fp32 lanes, fed by the same multiply-add instructions over k in the same order whatever M,
 // the tile it falls in and the thread, then summed across lanes in one fixed tree: batch-invariant.
@@ -484,6 +488,34 @@ torch::Tensor deinterleave(const torch::Tensor& x) {
   }
   return out;
 }
+#else
+// The portable product (any CPU): y[m, n] = `dot`(x_m, w_n), the same loops for every output whatever M, the
+// block and the thread, so batch-invariant by construction. The compiler vectorises `dot`'s LANES partial sums
+// (AVX2, NEON) without reordering any sum. Each block of weight rows meets all M rows while it is in cache;
+// bf16 weights are widened exactly (bf16 is the top half of fp32) one row at a time.
+inline float widen(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename T>
+void portable_linear(const float* x, int64_t M, const T* w, int64_t N, int64_t K, float* y) {
+  at::parallel_for(0, N, 8, [&](int64_t n0, int64_t n1) {
+    std::vector<float> row(std::is_same_v<T, float> ? 0 : K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* wn;
+      if constexpr (std::is_same_v<T, float>) {
+        wn = w + n * K;
+      } else {
+        for (int64_t k = 0; k < K; ++k) row[k] = widen(w[n * K + k]);
+        wn = row.data();
+      }
+      for (int64_t m = 0; m < M; ++m) y[m * N + n] = dot(x + m * K, wn, static_cast<int>(K));
+    }
+  });
+}
 #endif
 
 }  // namespace
@@ -498,11 +530,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
               "linear takes x in fp32 and w in fp32 or bf16, got ", x.scalar_type(), " and ", w.scalar_type());
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && x.is_contiguous() && w.is_contiguous() && x.dim() == 2 &&
               w.dim() == 2 && x.size(1) == w.size(1), "linear takes contiguous CPU tensors x [M, K] and w [N, K]");
-  TORCH_CHECK(HAS_F32_DOT, "linear needs a CPU with AVX-512 (built with -march=native)");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-#if defined(__AVX512F__)
+#if defined(LEDE_AVX512)
   if (w.scalar_type() == at::kFloat) {
     dot_linear<F32W>(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, K, y.data_ptr<float>());
   } else {
@@ -510,12 +541,17 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
     dot_linear<BF16W>(xd.data_ptr<float>(), M, xd.size(1), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
                       N, K, y.data_ptr<float>());
   }
+#else
+  if (w.scalar_type() == at::kFloat) portable_linear(x.data_ptr<float>(), M, w.data_ptr<float>(), N, K, y.data_ptr<float>());
+  else portable_linear(x.data_ptr<float>(), M, reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), N, K,
+                       y.data_ptr<float>());
 #endif
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.attr("has_linear") = HAS_F32_DOT;
+  m.attr("has_linear") = true;
+  m.attr("isa") = ISA;
   m.def("linear", &linear, "x @ w.T, x fp32, w fp32 or bf16, batch-invariant");
 
 

@@ -1,0 +1,74 @@
+"""Latency profiles (`lede_env.engine.profile`, `measure`): the modelled step cost, the CPU a profile records and
+the warning when a profile from another CPU prices rewards."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import gymnasium as gym
+import pytest
+
+import lede_env  # noqa: F401  (registers the ids)
+from lede_env.engine.profile import LatencyProfile, StaleProfileWarning, cpu_signature, find_profile
+from tests.conftest import TINY_SPEC
+
+
+def synthetic(cpu: str) -> LatencyProfile:
+    N = 6
+    layer = tuple(0.001 * (1 + 0.1 * q) for q in range(8))
+    head = tuple(0.002 + 0.0001 * q for q in range(8))
+    return LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="fast",
+                          exit_heads="identity", num_layers=N, draft_cost={2: 0.004, 4: 0.006},
+                          verify_cost=tuple(N * layer[q] + head[q] + 0.0005 for q in range(8)), layer_cost=layer,
+                          head_cost=head, cpu=cpu)
+
+
+def test_step_cost_is_the_documented_formula():
+    p = synthetic(cpu_signature())
+    N, L, d = 6, 4, 3
+    expected = d * 0.006 + L * p.layer_cost[0] + (N - L) * p.layer_cost[d] + p.head_cost[d] + p.overhead
+    assert p.step_cost(L, d) == pytest.approx(expected)
+    assert p.step_cost(L, 0) == p.c_ar == p.verify_cost[0]
+    assert p.overhead == pytest.approx(0.0005)
+    with pytest.raises(ValueError, match="no draft cost for exit layer 3"):
+        p.step_cost(3, 1)
+    with pytest.raises(ValueError, match="up to 8 positions"):
+        p.step_cost(2, 8)
+
+
+def test_measured_profile_records_this_cpu(tiny_setup):
+    data = json.loads(open(tiny_setup["profile"]).read())
+    assert data["cpu"] == cpu_signature() != ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleProfileWarning)
+        assert LatencyProfile.load(tiny_setup["profile"]).cpu == cpu_signature()
+
+
+def test_profile_from_another_cpu_warns_and_names_lede_profile(tmp_path):
+    path = synthetic("Some Other CPU; 64 cores; L3 1 GB; avx512").save(tmp_path / "other.json")
+    with pytest.warns(StaleProfileWarning, match="another CPU.*Some Other CPU.*lede profile"):
+        LatencyProfile.load(path)
+
+
+def test_env_priced_by_a_stale_profile_warns(tiny_setup, tmp_path):
+    data = json.loads(open(tiny_setup["profile"]).read())
+    data["cpu"] = "Another CPU; 8 cores; L3 8M; avx2"
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(data))
+    with pytest.warns(StaleProfileWarning, match="lede profile"):
+        gym.make("LEDE-v0", backend="replay", traces=tiny_setup["traces"], profile=str(stale),
+                 spec_lengths=TINY_SPEC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleProfileWarning)
+        gym.make("LEDE-v0", backend="replay", traces=tiny_setup["traces"], profile=tiny_setup["profile"],
+                 spec_lengths=TINY_SPEC)
+
+
+def test_shipped_profiles_say_which_cpu_measured_them():
+    """The shipped profiles carry the CPU they were measured on; on any other CPU, loading them warns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = find_profile("smollm2-135m", "float32", "cpu", 2, "fast", "kl+vocab")
+    assert p.cpu and p.cpu != "unknown"
+    assert (p.cpu == cpu_signature()) == (not any(issubclass(w.category, StaleProfileWarning) for w in caught))
