@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -11,8 +11,10 @@ import numpy as np
 from gymnasium import spaces
 
 from lede_env.backends.base import BackendStep
+from lede_env.engine.limits import default_exit_layers, default_probe_layers  # noqa: F401  (public defaults)
 from lede_env.features import FeatureTracker, ObservationLayout
 from lede_env.render import LEGEND, mark_text, token_kinds, token_pieces
+from lede_env.reward import step_reward
 
 BACKENDS = ("live", "replay")
 COST_MODELS = ("profile", "wallclock")
@@ -43,12 +45,49 @@ class EnvConfig:
     text_in_info: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("model", "prompts", "exit_heads"):   # names, or paths (a local model, a .jsonl, heads)
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))   # JSON-safe
+        for name in ("model", "prompts", "exit_heads", "dtype", "engine_path", "backend", "cost_model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}.")
+        for name in ("traces", "profile"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value)):
+                raise ValueError(f"{name} must be a path, got {value!r}.")
+            if value is not None:
+                object.__setattr__(self, name, str(value))   # JSON-safe
+        for name in ("chat_template", "text_in_info"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)) and not (name == "text_in_info" and value is None):
+                raise ValueError(f"{name} must be true or false, got {value!r}.")
+        for name, low in (("max_new_tokens", 2), ("threads", 1), ("max_context", 2)):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"{name} must be an integer, got {value!r}.")
+                if value < low:
+                    raise ValueError(f"{name} must be >= {low}, got {value}.")
+                object.__setattr__(self, name, int(value))
         for name in ("exit_layers", "spec_lengths", "probe_layers"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, (int, str)) or len(value) == 0:
+                if isinstance(value, (int, str)) or not hasattr(value, "__len__") or len(value) == 0:
                     raise ValueError(f"{name} must be a non-empty list of integers, got {value!r}.")
+                if any(isinstance(v, (bool, float, str)) or not isinstance(v, (int, np.integer)) for v in value):
+                    raise ValueError(f"{name} must be a non-empty list of integers, got {list(value)!r}.")
                 object.__setattr__(self, name, tuple(int(v) for v in value))
+        for name in ("exit_layers", "probe_layers"):
+            value = getattr(self, name)
+            if value is not None and min(value) < 1:
+                raise ValueError(f"{name} must be layer numbers >= 1, got {list(value)}.")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float, np.integer, np.floating)):
+            raise ValueError(f"lam must be a number, got {self.lam!r}.")
+        if not np.isfinite(self.lam):
+            raise ValueError(f"lam must be finite, got {self.lam}.")
+        object.__setattr__(self, "lam", float(self.lam))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.cost_model not in COST_MODELS:
@@ -57,29 +96,19 @@ class EnvConfig:
             raise ValueError("The replay backend has no wall clock: use cost_model='profile' with backend='replay'.")
         if self.backend == "replay" and not self.traces:
             raise ValueError("backend='replay' needs traces=<path of a .npz recorded with `lede trace`>.")
-        if self.max_new_tokens is not None and self.max_new_tokens < 2:
-            raise ValueError(f"max_new_tokens must be >= 2, got {self.max_new_tokens}.")
+        if self.backend == "live":    # the prompt selection, before any model is loaded (never empty)
+            from lede_env.prompts import load_prompts
+
+            load_prompts(self.prompts)
         if min(self.spec_lengths) < 0 or len(set(self.spec_lengths)) != len(self.spec_lengths):
             raise ValueError(f"spec_lengths must be distinct integers >= 0, got {self.spec_lengths}.")
         if self.exit_layers is not None and len(set(self.exit_layers)) != len(self.exit_layers):
             raise ValueError(f"exit_layers must be distinct, got {self.exit_layers}.")
-        from lede_env.engine.stack import resolve_path
+        from lede_env.engine.path_names import resolve_path
 
         resolve_path(self.engine_path)   # a clear error for an unknown path
         if not self.lam >= 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}.")
-
-
-def default_exit_layers(num_layers: int) -> tuple[int, ...]:
-    """Every second layer from about an eighth of the depth up to two layers below the top."""
-    start = max(1, num_layers // 8)
-    start += start % 2
-    return tuple(range(start, num_layers - 1, 2)) or tuple(range(1, num_layers))
-
-
-def default_probe_layers(num_layers: int) -> tuple[int, ...]:
-    """Probe layers at 1/4, 1/2, 3/4 and near the top of the stack."""
-    return tuple(sorted({max(1, num_layers // 4), num_layers // 2, (3 * num_layers) // 4, num_layers - 2}))
 
 
 class LEDEEnv(gym.Env):
@@ -163,36 +192,31 @@ class LEDEEnv(gym.Env):
         self._c_ar = self._cost_of_ar()
         self._generated: list[int] = []
         self._kinds: list[tuple[int, int, int]] = []
-        self._reset_info: dict = {}
 
     # ------------------------------------------------------------------ construction
     def _init_live(self, cfg: EnvConfig) -> None:
-        import torch
-
         from lede_env.backends.live import LiveBackend
-        from lede_env.defaults import resolve_exit_heads
-        from lede_env.models import load_model
-        from lede_env.prompts import encode_prompt, load_prompts
+        from lede_env.prompts import load_prompts
+        from lede_env.wiring import build_decoder
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        model, tok = load_model(cfg.model, dtype=cfg.dtype)
-        N = model.config.num_hidden_layers
+        self.prompt_list = load_prompts(cfg.prompts)   # before the model: a bad selection fails at once
+        setup = build_decoder(cfg.model, heads=cfg.exit_heads, path=cfg.engine_path, dtype=cfg.dtype,
+                              probe_layers=cfg.probe_layers, max_context=cfg.max_context,
+                              chat_template=cfg.chat_template, threads=cfg.threads)
+        N = setup.num_layers
         self.exit_layers = self._check_layers(cfg.exit_layers or default_exit_layers(N), N, "exit_layers")
-        self.probe_layers = self._check_layers(cfg.probe_layers or default_probe_layers(N), N, "probe_layers")
-        self.heads = resolve_exit_heads(cfg.exit_heads, cfg.model, model)
+        self.probe_layers = setup.decoder.probe_layers
+        self.heads = setup.heads
         for L in self.exit_layers:
             if not self.heads.has(L):
                 raise ValueError(f"The exit heads ({self.heads.kind}) have no head for exit layer {L}; they cover "
                                  f"{list(self.heads.layers)}. Choose exit_layers among those or fit heads for them.")
-        self.prompt_list = load_prompts(cfg.prompts)
-        ids = [encode_prompt(tok, p.text, cfg.chat_template) for p in self.prompt_list]
-        self._tokenizer = tok
-        self.vocab_size = model.config.vocab_size
+        self._tokenizer = setup.tokenizer
+        self.vocab_size = setup.model.config.vocab_size
         self.num_layers = N
         self.max_new_tokens = cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        self.backend = LiveBackend(model, tok, ids, self.probe_layers, self.max_new_tokens, exit_heads=self.heads,
-                                   max_context=cfg.max_context, path=cfg.engine_path)
+        self.backend = LiveBackend(setup.decoder, setup.encode([p.text for p in self.prompt_list]),
+                                   self.max_new_tokens)
         self.heads_kind = self.heads.label
 
     def _init_replay(self, cfg: EnvConfig) -> None:
@@ -233,8 +257,6 @@ class LEDEEnv(gym.Env):
         if cfg.cost_model == "wallclock":
             return self.backend.measure_ar_cost()
         from lede_env.engine.profile import LatencyProfile, find_profile
-
-        import torch  # noqa: F401  (threads count for the key)
 
         if cfg.profile:
             self.profile = LatencyProfile.load(cfg.profile)
@@ -286,7 +308,7 @@ class LEDEEnv(gym.Env):
         s = self.backend.step(L, k)
         n = len(s.tokens)
         cost = s.wall_time if self._wallclock else self._cost_rows[j][s.drafted]
-        reward = n - cfg.lam * cost / self._c_ar
+        reward = step_reward(n, cost, self._c_ar, cfg.lam)
         self._generated.extend(s.tokens)
         self._kinds.append((s.drafted, s.accepted, n))
         obs = self.features.update(s, len(self._generated), self.max_new_tokens)
@@ -348,9 +370,3 @@ class LEDEEnv(gym.Env):
         kinds = ["first"] + token_kinds(self._kinds)
         text = mark_text(token_pieces(self.tokenizer, self._generated), kinds, color=True)
         return f"{text}\n({LEGEND})"
-
-    def describe(self) -> str:
-        """The configuration and observation layout as JSON (for dataset metadata)."""
-        return json.dumps({"config": asdict(self.config), "max_new_tokens": self.max_new_tokens,
-                           "observation": self.layout.as_dict(),
-                           "exit_heads": self.heads_kind, "num_layers": self.num_layers})

@@ -21,8 +21,17 @@ column, then shorter requested ``k`` (then lower ``kidx``). Every ``n(t, a) >= 1
 reads positions already solved; per position the work is vectorised over all ``J * K`` actions (the
 tables of ``d``, ``n`` and ``r`` are built for all positions at once).
 
-Note: every action sequence produces the same ``N = T - 1`` tokens in total, so for ``lam > 0`` maximising
-the return is minimising the total cost; ``lam`` only rescales.
+Which ``lam``. Every action sequence produces the same ``N = T - 1`` tokens in total, so the return is
+``N - lam * total_cost / c_ar``: for every ``lam > 0`` maximising it is minimising the total cost, which is
+maximising the speedup ``N * c_ar / total_cost``. The optimal actions are therefore the same for every
+``lam > 0`` and the reported speedup is the highest any policy reaches; the DP is run with ``lam = 1`` (so that
+a tiny ``lam`` cannot drown the cost differences in the tie tolerance) and the return is reported under the
+``lam`` asked for. ``lam <= 0`` is refused by the optimisers (:func:`solve`, :func:`best_static`,
+:class:`OracleAgent`): with ``lam = 0`` every sequence has the same return ``N`` (the "optimum" would be any
+sequence at all, the tie-break picks plain autoregressive decoding), with ``lam < 0`` the DP would maximise the
+cost. Best static and the oracle thus optimise the same objective, and the oracle's speedup is never below best
+static's on the same traces. :func:`evaluate_actions` and :func:`rollout_static` only replay actions and take
+any finite ``lam``.
 
 Speedup. ``N * c_ar / total_cost``: the wall-clock speedup over autoregressive decoding under the cost
 table; with ``lam = 1`` it equals ``N / (N - return)``. Over several traces, :func:`aggregate_speedup` and
@@ -39,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lede_env.reward import step_reward
 from lede_env.traces import Trace, TraceSet
 
 __all__ = ["OracleResult", "Rollout", "solve", "evaluate_actions", "rollout_static", "best_static",
@@ -95,6 +105,22 @@ def _check(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int]
     return table, ks, c_ar
 
 
+def check_lam(lam: float, optimise: bool) -> float:
+    """``lam`` as a float; ``ValueError`` unless finite (and > 0 when ``optimise``: module docstring)."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be a number, got {lam!r}.") from None
+    if not np.isfinite(value):
+        raise ValueError(f"lam must be finite, got {lam!r}.")
+    if optimise and value <= 0:
+        raise ValueError(f"lam must be > 0 for the oracle and best static, got {lam!r}: they maximise the return "
+                         "N - lam * cost / c_ar, which for every lam > 0 means the highest speedup (the same actions "
+                         "for any lam > 0); with lam = 0 every action sequence has the same return, with lam < 0 the "
+                         "slowest one would win.")
+    return value
+
+
 def _speedup(tokens: int, total_cost: float, c_ar: float) -> float:
     return 1.0 if tokens == 0 else tokens * c_ar / total_cost
 
@@ -125,7 +151,7 @@ def _tables(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: f
     J = table.shape[0]
     drafted = np.broadcast_to(drafted[:, None, :], produced.shape)
     cost = table[np.arange(J)[None, :, None], drafted]
-    reward = produced - lam * cost / c_ar
+    reward = step_reward(produced, cost, c_ar, lam)
     return _Tables(drafted=drafted, produced=produced, cost=cost, reward=reward)
 
 
@@ -164,10 +190,14 @@ def solve(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int],
     ``kidx in range(len(spec_lengths))``. The reported totals come from replaying the chosen actions
     forward (rewards summed in step order), so they match what an environment would accumulate.
     A trace with ``T == 1`` has no steps: return 0, speedup 1.0."""
+    lam = check_lam(lam, optimise=True)
     table, ks, c_ar = _check(trace, cost_table, spec_lengths)
     if trace.length == 1:
         return OracleResult(actions=(), episode_return=0.0, tokens=0, total_cost=0.0, speedup=1.0, steps=0)
-    _, policy, tabs = _policy(trace, table, ks, c_ar, lam)
+    _, policy, tabs = _policy(trace, table, ks, c_ar, 1.0)     # the same optimum for every lam > 0
+    if lam != 1.0:
+        tabs = _Tables(drafted=tabs.drafted, produced=tabs.produced, cost=tabs.cost,
+                       reward=step_reward(tabs.produced, tabs.cost, c_ar, lam))
     return _follow(trace, table, tabs, c_ar, lambda t: (int(policy[t, 0]), int(policy[t, 1])))
 
 
@@ -200,7 +230,8 @@ def evaluate_actions(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequenc
                      actions: Sequence[tuple[int, int]] | Callable[[int], tuple[int, int]],
                      lam: float = 1.0) -> OracleResult:
     """Replay ``actions`` on ``trace``: a sequence of ``(j, kidx)`` (one per step; it must last until the
-    episode ends, extra entries are an error) or a function ``position t -> (j, kidx)``."""
+    episode ends, extra entries are an error) or a function ``position t -> (j, kidx)``. Any finite ``lam``."""
+    lam = check_lam(lam, optimise=False)
     table, ks, c_ar = _check(trace, cost_table, spec_lengths)
     if trace.length == 1:
         if not callable(actions) and len(actions) > 0:
@@ -248,7 +279,8 @@ def best_static(traces: Iterable[Trace] | TraceSet, cost_table: np.ndarray, spec
     """Grid search over the fixed actions ``(j, kidx)``: the one with the highest aggregate speedup
     ``sum_traces N * c_ar / sum_traces cost`` over ``traces`` (token-weighted; as the total N is fixed, this
     is also the highest total return for any ``lam > 0``). Ties: shorter requested length, then lower j.
-    Returns ``(j, kidx, speedup)``."""
+    Returns ``(j, kidx, speedup)``. ``lam`` must be > 0 (module docstring); the choice does not depend on it."""
+    check_lam(lam, optimise=True)
     traces = list(traces.traces if isinstance(traces, TraceSet) else traces)
     if not traces:
         raise ValueError("best_static needs at least one trace.")
@@ -307,7 +339,7 @@ class OracleAgent:
             self._traces[tr.prompt_index] = tr
         self.cost_table = np.asarray(cost_table, dtype=np.float64)
         self.spec_lengths = tuple(int(k) for k in spec_lengths)
-        self.lam = float(lam)
+        self.lam = check_lam(lam, optimise=True)    # the policy is the same for every lam > 0
         self._policies: dict[int, np.ndarray] = {}
         self._trace: Trace | None = None
         self._policy: np.ndarray | None = None
@@ -323,7 +355,7 @@ class OracleAgent:
             if tr.length == 1:
                 self._policies[prompt_index] = np.zeros((0, 2), dtype=np.int64)
             else:
-                self._policies[prompt_index] = _policy(tr, table, ks, c_ar, self.lam)[1]
+                self._policies[prompt_index] = _policy(tr, table, ks, c_ar, 1.0)[1]
         self._trace, self._policy, self.position = tr, self._policies[prompt_index], 0
 
     def action_at(self, position: int) -> np.ndarray:

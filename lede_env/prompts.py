@@ -191,13 +191,24 @@ def load_prompts(spec: str = DEFAULT_PROMPT_SET, split: str | None = None) -> li
 
     ``spec``: ``"mixed"``, ``"humaneval"`` or a ``.jsonl`` path, each optionally suffixed with ``":train"``,
     ``":test"`` or ``":all"``. ``split`` ("train", "test", "all" or None) overrides the suffix; None keeps it.
+    Never empty: a selection without prompts (a file whose prompts are all in the other split) is a
+    ``ValueError`` that says so.
     """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a prompt set must be a non-empty string such as 'mixed:train' or a .jsonl path, got {spec!r}")
     base, suffix = _parse_spec(spec)
     if split is None:
         split = suffix
     if split not in _SUFFIXES:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(_SUFFIXES)}")
-    return _filter(_load_all(base), split)
+    everything = _load_all(base)
+    selected = _filter(everything, split)
+    if not selected:
+        counts = ", ".join(f"{sum(p.split == s for p in everything)} {s}" for s in SPLITS)
+        raise ValueError(f"the prompt selection {spec!r} is empty: no prompt of {base} is in the {split} split "
+                         f"({len(everything)} prompts: {counts}; the split is fixed by each prompt's id, see "
+                         f"lede_env.prompts). Select another split ('{base}:all') or add prompts.")
+    return selected
 
 
 def describe_prompt_set(spec: str = DEFAULT_PROMPT_SET) -> dict[str, Any]:

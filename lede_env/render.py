@@ -37,10 +37,18 @@ def mark_text(pieces: Sequence[str], kinds: Sequence[str], color: bool = True) -
 
 
 def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
-    """Decoded text of each token such that the pieces join to the decoded text."""
+    """Decoded text of each token such that the pieces join to the decoded text. A character split across
+    tokens (a multi-byte UTF-8 character in byte-level BPE) decodes to U+FFFD until its last byte arrives: its
+    tokens before the last get an empty piece and the last one the whole character."""
     pieces, prev = [], ""
     for i in range(1, len(ids) + 1):
         text = tokenizer.decode(list(ids[:i]), skip_special_tokens=False)
-        pieces.append(text[len(prev):])
-        prev = text
+        if text.startswith(prev) and not text.endswith("\ufffd"):
+            pieces.append(text[len(prev):])
+            prev = text
+        else:                       # an unfinished character: it shows with a later token
+            pieces.append("")
+    if pieces:
+        final = tokenizer.decode(list(ids), skip_special_tokens=False)
+        pieces[-1] += final[len(prev):] if final.startswith(prev) else ""
     return pieces

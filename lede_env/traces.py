@@ -19,6 +19,11 @@ This module is pure numpy: the replay backend, the oracle and the agents use it 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import uuid
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,12 @@ import numpy as np
 from lede_env.engine.limits import max_draft_length
 
 TRACE_FORMAT_VERSION = 1
+_ARRAYS = ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob", "full_entropy", "probe_cos")
+_META_KEYS = ("exit_layers", "probe_layers", "max_new_tokens")
+
+
+class TraceFileError(ValueError):
+    """A file that `TraceSet.load` cannot read as a LEDE trace file (corrupt, truncated, foreign, empty)."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +152,12 @@ class TraceSet:
     meta: dict
 
     def save(self, path: str | Path) -> Path:
-        """Write all traces to one compressed ``.npz`` (written to a temporary name, then renamed)."""
+        """Write all traces to one compressed ``.npz`` at ``path``, atomically: written to a hidden temporary file
+        next to it, then renamed (an existing file is replaced; `lede trace` refuses that without
+        ``--overwrite``). Errors name ``path``, not the temporary file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.traces:
+            raise ValueError(f"No traces to save to {path}: the trace set is empty.")
         payload: dict[str, np.ndarray] = {}
         headers = []
         for i, tr in enumerate(self.traces):
@@ -152,30 +166,82 @@ class TraceSet:
             headers.append(tr.header())
         meta = dict(self.meta, format_version=TRACE_FORMAT_VERSION, headers=headers)
         payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = path.with_name(path.name + ".partial.npz")
-        np.savez_compressed(tmp, **payload)
-        tmp.replace(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **payload)
+            tmp.replace(path)
+        except OSError as e:
+            raise OSError(e.errno, f"Cannot write the trace file {path}: {e.strerror or e}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceSet":
+        """Read a trace file written by `save` (``lede trace``). ``FileNotFoundError`` when there is none;
+        ``ValueError`` ("<path> is not a LEDE trace file (...)") when it is corrupt, truncated, of another format
+        or holds no traces. Never unpickles anything."""
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a trace file: pass the .npz written by `lede trace --out`.")
         if not path.is_file():
             raise FileNotFoundError(f"No trace file at {path}. Record one with `lede trace --out {path}`.")
-        with np.load(path) as data:
-            meta = json.loads(bytes(data["__meta__"]).decode())
-            if meta.get("format_version") != TRACE_FORMAT_VERSION:
-                raise ValueError(f"{path} has trace format {meta.get('format_version')}, this code reads "
-                                 f"{TRACE_FORMAT_VERSION}: re-record it with `lede trace`.")
-            traces = []
-            for i, h in enumerate(meta.pop("headers")):
-                arrays = {name: data[f"{i}/{name}"] for name in
-                          ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob",
-                           "full_entropy", "probe_cos")}
-                traces.append(Trace(prompt_index=h["prompt_index"], exit_layers=tuple(h["exit_layers"]),
-                                    probe_layers=tuple(h["probe_layers"]), eos=h["eos"],
-                                    max_new_tokens=h["max_new_tokens"], max_context=h["max_context"],
-                                    meta={}, **arrays))
+
+        def bad(why: str) -> ValueError:
+            return TraceFileError(f"{path} is not a LEDE trace file ({why}): re-record it with `lede trace`.")
+
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, pickle.UnpicklingError):     # numpy read it as a pickle: never unpickle a file
+            raise bad("not an .npz archive") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise bad(f"not a readable .npz archive, truncated or damaged: {type(e).__name__}: {e}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise bad("a single numpy array, not an .npz archive")
+        with data:
+            try:
+                if "__meta__" not in data.files:
+                    raise bad("no __meta__ entry")
+                try:
+                    meta = json.loads(bytes(data["__meta__"]).decode())
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise bad(f"unreadable __meta__: {e}") from None
+                if not isinstance(meta, dict):
+                    raise bad("__meta__ is not a JSON object")
+                if meta.get("format_version") != TRACE_FORMAT_VERSION:
+                    raise TraceFileError(f"{path} has trace format {meta.get('format_version')}, this code reads "
+                                     f"{TRACE_FORMAT_VERSION}: re-record it with `lede trace`.")
+                headers = meta.pop("headers", None)
+                if not isinstance(headers, list):
+                    raise bad("__meta__ has no list of trace headers")
+                missing = [k for k in _META_KEYS if k not in meta]
+                if missing:
+                    raise bad(f"__meta__ lacks {missing}")
+                traces = []
+                for i, h in enumerate(headers):
+                    absent = [f"{i}/{name}" for name in _ARRAYS if f"{i}/{name}" not in data.files]
+                    if absent:
+                        raise bad(f"missing arrays {absent}")
+                    arrays = {name: data[f"{i}/{name}"] for name in _ARRAYS}
+                    try:
+                        traces.append(Trace(prompt_index=h["prompt_index"], exit_layers=tuple(h["exit_layers"]),
+                                            probe_layers=tuple(h["probe_layers"]), eos=h["eos"],
+                                            max_new_tokens=h["max_new_tokens"], max_context=h["max_context"],
+                                            meta={}, **arrays))
+                    except (KeyError, TypeError, ValueError) as e:
+                        raise bad(f"trace {i} is malformed: {type(e).__name__}: {e}") from None
+            except TraceFileError:
+                raise
+            except ValueError as e:   # numpy: object arrays (pickled content) or a malformed array header
+                why = "it holds pickled (object) arrays" if "allow_pickle" in str(e) else f"a malformed array: {e}"
+                raise bad(why) from None
+            except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+                raise bad(f"truncated or damaged: {type(e).__name__}: {e}") from None
+        if not traces:
+            raise TraceFileError(f"{path} holds no traces (recorded from an empty prompt selection?): record it again "
+                             "with `lede trace` on a non-empty prompt set.")
         return cls(traces=tuple(traces), meta=meta)
 
     def __len__(self) -> int:

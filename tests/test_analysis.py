@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lede_env.analysis import required_agreement, static_speedup
-from lede_env.engine.profile import LatencyProfile
+from lede_env.engine.profile import LatencyProfile, cpu_signature
 
 N = 10
 
@@ -15,7 +15,7 @@ def profile(draft_per_layer: float, verify_growth: float) -> LatencyProfile:
     layer = tuple(0.001 * (1 + verify_growth * q) for q in range(13))
     head = tuple(0.001 for _ in range(13))
     verify = tuple(N * layer[q] + head[q] for q in range(13))
-    return LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager",
+    return LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager", cpu=cpu_signature(),
                           exit_heads="identity", num_layers=N, draft_cost={L: draft_per_layer * L + 0.001 for L in
                                                                             range(1, N)},
                           verify_cost=verify, layer_cost=layer, head_cost=head)

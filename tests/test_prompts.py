@@ -188,3 +188,41 @@ def test_encode_prompt_real_tokenizer(smollm2_tokenizer):
     header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
     assert ids[-len(header):] == header  # ends with the assistant header (generation prompt)
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def _ids_in(split: str, n: int) -> list[str]:
+    found, i = [], 0
+    while len(found) < n:
+        if split_of(f"p{i}") == split:
+            found.append(f"p{i}")
+        i += 1
+    return found
+
+
+def test_empty_selection_is_an_error_that_says_why(tmp_path):
+    """A file whose prompts are all in train, selected with ':test', used to give an empty list (and numpy's
+    `high <= 0` at the first reset)."""
+    path = tmp_path / "train_only.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"hello {i}", "id": i}) + "\n" for i in _ids_in("train", 3)))
+    assert len(load_prompts(str(path))) == 3 and len(load_prompts(f"{path}:train")) == 3
+    with pytest.raises(ValueError, match=r"is empty: no prompt of .*train_only.jsonl is in the test split "
+                                         r"\(3 prompts: 3 train, 0 test"):
+        load_prompts(f"{path}:test")
+    with pytest.raises(ValueError, match="is empty"):
+        load_prompts(str(path), split="test")
+
+
+def test_gym_make_refuses_an_empty_selection_before_loading_the_model(tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    import lede_env  # noqa: F401
+    import lede_env.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(lede_env.models, "load_model", no_model)
+    path = tmp_path / "train_only.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"hello {i}", "id": i}) + "\n" for i in _ids_in("train", 2)))
+    with pytest.raises(ValueError, match="is empty"):
+        gym.make("LEDE-v0", model="tiny-random", prompts=f"{path}:test", chat_template=False, exit_heads="identity")

@@ -146,7 +146,8 @@ class SelfSpeculativeDecoder:
         max_context: context window in tokens (default: the model's ``max_position_embeddings``).
         path: execution path of the layer stack (`lede_env.engine.stack`): "auto" (default: the fastest path
             validated for the model's device and dtype), "eager" (transformers' own layers), "fast",
-            "fast-invariant", "fast-bf16".
+            "fast-bf16". Exact on every path: on a stack that is not batch-invariant (`stack.batch_invariant`),
+            verification runs one position at a time.
     """
 
     def __init__(self, model, exit_heads: HeadsLike | None = None, eos_token_id: int | Sequence[int] | None = None,

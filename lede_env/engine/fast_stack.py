@@ -109,7 +109,6 @@ class FastLayerStack:
         self.num_layers = cfg.num_hidden_layers
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
-        self.groups = self.heads // self.kv_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.hidden = cfg.hidden_size
         self.intermediate = cfg.intermediate_size

@@ -13,7 +13,7 @@ Heads may carry a *draft vocabulary*: the token ids drafts are read from, throug
 rows of the model's head (on SmolLM2 the full head is about a sixth of a 30-layer step; the tokens the model
 actually emits are a fraction of its 49,152). The full head still verifies, so decoding stays exact.
 
-Fitting lives in `lede_env.engine.fit_heads`. Storage: one safetensors file with the weights (tensor names
+Fitting lives in `lede_env.heads_fitting`. Storage: one safetensors file with the weights (tensor names
 ``"<layer>.<param>"``) and the JSON metadata both embedded in it (key ``"lede_heads"``) and written beside it.
 """
 

@@ -11,7 +11,7 @@ import pytest
 import lede_env  # noqa: F401  (registers the ids)
 from agents import (Agent, AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent, RandomAgent, StaticAgent,
                     behaviour_name, check_behaviour_spec, make_behaviour)
-from lede_env.engine.profile import LatencyProfile
+from lede_env.engine.profile import LatencyProfile, cpu_signature
 from lede_env.oracle import rollout_static, solve
 from lede_env.rollout import rollout
 from lede_env.traces import Trace, TraceSet
@@ -42,7 +42,7 @@ def replay_files(tmp_path_factory):
             "probe_layers": [3], "max_new_tokens": 30, "vocab_size": 50, "num_layers": NUM_LAYERS,
             "prompts": "synthetic:train"}
     path = TraceSet(traces=traces, meta=meta).save(d / "traces.npz")
-    prof = LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager",
+    prof = LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager", cpu=cpu_signature(),
                           exit_heads="identity", num_layers=NUM_LAYERS,
                           draft_cost={L: 0.001 * L for L in EXITS},
                           verify_cost=tuple(0.01 + 0.001 * q for q in range(8)),

@@ -2,6 +2,8 @@
 up to rounding, give each row the same bits whatever the number of rows and threads, and the stack falls back
 to torch operations where they cannot be built."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,23 @@ H, KV, D, HID = 6, 2, 16, 48
 
 @pytest.fixture(scope="module")
 def ops():
+    if os.environ.get("LEDE_FAST_OPS") == "0":
+        pytest.skip("the C++ operations are turned off (LEDE_FAST_OPS=0)")
     return fast_ops.load(required=True)
+
+
+def _order_revealing(n: int, k: int, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of +-1 and weights with cancelling pairs of huge terms (2^20) at random places: their products
+    are exact, so a row's result is decided by the rounding of the running sum, which differs, visibly even
+    in bf16, as soon as two kernels sum in different orders."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 2, (rows, k), generator=gen) * 2 - 1).to(dtype)
+    w = torch.randn(n, k, generator=gen)
+    idx = torch.arange(n)
+    for _ in range(4):
+        w[idx, torch.randint(0, k, (n,), generator=gen)] += 2.0 ** 20
+        w[idx, torch.randint(0, k, (n,), generator=gen)] -= 2.0 ** 20
+    return x, w.to(dtype)
 
 
 def _tol(dtype):
@@ -118,7 +136,7 @@ def test_bad_input_is_refused(ops):
     assert ops.attention(torch.zeros(0, H, D), kc, kc.clone(), 0, 1.0, torch.float32).shape == (0, H * D)
 
 
-def test_stack_falls_back_to_torch_ops(tiny, monkeypatch):
+def test_stack_falls_back_to_torch_ops(tiny, ops, monkeypatch):
     model, _ = tiny
     assert FastLayerStack(model).ops == "native"
     monkeypatch.setattr(fast_ops, "_STATE", {"module": None, "error": "no compiler (test)"})
@@ -135,10 +153,6 @@ def test_native_linear_matches_and_is_row_invariant(ops, wdtype):
     and each row's bits do not depend on the other rows, for every row count of decoding and verification
     (one pass over the weights) and of a prefill (tiles of rows), on 1 or 2 threads (inputs built so that any
     change in the order of summation shows)."""
-    if not ops.has_linear:
-        pytest.skip("this CPU lacks AVX-512 for the native product: the stack uses oneDNN")
-    from lede_env.engine.fast_stack import _order_revealing
-
     gen = torch.Generator().manual_seed(3)
     for n, k in [(37, 48), (8, 100), (96, 1536), (19, 31)]:      # tails in n (blocks of 2..8) and in k
         for m in (1, 2, 5, 13, 40):
@@ -163,14 +177,79 @@ def test_native_linear_matches_and_is_row_invariant(ops, wdtype):
         ops.linear(x.bfloat16(), w)
 
 
-def test_stack_kernel_choice(tiny):
+def test_stack_kernel_choice(tiny, ops):
     model, _ = tiny
     stack = FastLayerStack(model, dtype=torch.bfloat16)
-    assert stack.invariant and stack.kernel == ("native" if fast_ops.load().has_linear else "mkldnn")
+    assert stack.batch_invariant and stack.kernel == "native"
     fp32 = FastLayerStack(model)
-    assert fp32.kernel == ("native" if fast_ops.load().has_linear else "mkldnn")
-    assert fp32.invariant == (fp32.kernel == "native")             # native operations and products: by construction
-    with pytest.raises(ValueError, match="kernel='native'"):
+    assert fp32.batch_invariant and fp32.kernel == "native"     # native operations and products: by construction
+    with pytest.raises(ValueError, match="kernel=.native."):
         FastLayerStack(model, ops="torch", kernel="native")         # the native product needs the C++ ops
     with pytest.raises(ValueError, match="kernel must be"):
         FastLayerStack(model, kernel="amx")
+
+
+# ------------------------------------------------------------------------------------------ build lock
+def test_build_lock_removes_a_stale_torch_lock(tmp_path):
+    """A torch `lock` file left by a stopped build is removed once our flock is held (torch would wait on it
+    forever)."""
+    (tmp_path / "lock").write_text("")
+    said = []
+    with fast_ops.build_lock(tmp_path, timeout=5, echo=said.append):
+        assert not (tmp_path / "lock").exists()
+    assert len(said) == 1 and "stopped part-way" in said[0] and str(tmp_path / "lock") in said[0]
+
+
+def test_build_lock_waits_with_a_word_and_is_freed_when_its_holder_dies(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(tmp_path / 'lede.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('HOLDING', flush=True)\ntime.sleep(120)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HOLDING"
+        (tmp_path / "lock").write_text("")       # the holder's build is running: its torch lock is not stale
+        said = []
+        with pytest.raises(TimeoutError, match="build lock"):
+            with fast_ops.build_lock(tmp_path, timeout=1.0, poll=0.05, echo=said.append):
+                pass
+        assert len(said) == 1 and "Waiting for another process" in said[0]
+        assert (tmp_path / "lock").exists()
+        holder.send_signal(signal.SIGKILL)        # dies mid-build: the OS releases its flock
+        holder.wait(10)
+        with fast_ops.build_lock(tmp_path, timeout=5, poll=0.05, echo=said.append):
+            assert not (tmp_path / "lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_load_recovers_from_a_stale_lock(tmp_path):
+    """`load()` with a stale torch `lock` in its build folder returns the module (before the fix it waited forever,
+    silently). The folder is a copy of this machine's build when there is one (no rebuild: a few seconds)."""
+    import subprocess
+    import sys
+
+    if os.environ.get("LEDE_FAST_OPS") == "0":
+        pytest.skip("the C++ operations are turned off (LEDE_FAST_OPS=0)")
+    child = (
+        "import shutil, sys\n"
+        "from pathlib import Path\n"
+        "from lede_env.engine import fast_ops\n"
+        "target = fast_ops.module_dir()\n"
+        "built = Path(sys.argv[1]) / target.name\n"
+        "if any(built.glob('*.so')):\n"
+        "    shutil.copytree(built, target, ignore=shutil.ignore_patterns('lock', 'lede.lock'))\n"
+        "target.mkdir(parents=True, exist_ok=True)\n"
+        "(target / 'lock').write_text('')\n"
+        "print('LOADED', fast_ops.load(required=True) is not None, flush=True)\n"
+        "print('STALE LOCK LEFT', (target / 'lock').exists())\n")
+    env = dict(os.environ, LEDE_CACHE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", child, str(fast_ops.build_dir())], capture_output=True, text=True,
+                         env=env, timeout=240)
+    assert "LOADED True" in out.stdout and "STALE LOCK LEFT False" in out.stdout, out.stdout + out.stderr
+    assert "stopped part-way" in out.stderr
