@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agents.base import ActionLists, Agent, action_lists
+from agents.base import Agent, action_lists
 
 __all__ = ["RandomAgent", "AutoregressiveAgent", "StaticAgent", "EpsilonOracleAgent", "MixtureAgent",
            "make_behaviour", "check_behaviour_spec", "behaviour_name", "KINDS"]

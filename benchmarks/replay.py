@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 import lede_env  # noqa: F401  (registers the ids)
-from lede_env.env import default_exit_layers, default_probe_layers
+from lede_env.engine.limits import default_exit_layers, default_probe_layers
 from lede_env.traces import Trace, TraceSet
 
 REPO = Path(__file__).resolve().parent.parent
