@@ -70,3 +70,24 @@ def smollm2_prompts(smollm2):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
         out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
     return out
+
+
+TINY_HEAD_TEXTS = [f"prompt number {i} says {'abcdefgh'[i % 8] * (i % 5 + 1)} then stops" for i in range(24)]
+TINY_HEAD_LAYERS = (1, 2, 3, 4, 5)
+
+
+@pytest.fixture(scope="session")
+def tiny_selftext(tiny):
+    """The tiny model's own greedy continuations of `TINY_HEAD_TEXTS` and their hidden states at
+    `TINY_HEAD_LAYERS`: ``(sequences, HiddenData)`` (exit-head fitting tests)."""
+    from lede_env.heads_fitting import collect_hidden_states, generate_self_text
+
+    model, tok = tiny
+    seqs = generate_self_text(model, tok, TINY_HEAD_TEXTS, max_new_tokens=24, chat_template=False, batch_size=1,
+                              progress=False)
+    return seqs, collect_hidden_states(model, seqs, TINY_HEAD_LAYERS, progress=False)
+
+
+def readout(model, h):
+    """The model's own final norm and LM head on ``h``."""
+    return model.lm_head(model.model.norm(h))

@@ -7,32 +7,18 @@ import torch
 from lede_env.engine.heads import ExitHeads, identity_heads
 from lede_env.heads_fitting import (
     agreement_on_data,
-    collect_hidden_states,
     fit_kl,
     fit_ridge,
-    generate_self_text,
     head_cost,
 )
-
-TINY_TEXTS = [f"prompt number {i} says {'abcdefgh'[i % 8] * (i % 5 + 1)} then stops" for i in range(24)]
-TINY_LAYERS = (1, 2, 3, 4, 5)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny):
-    model, tok = tiny
-    seqs = generate_self_text(model, tok, TINY_TEXTS, max_new_tokens=24, chat_template=False, batch_size=1,
-                              progress=False)
-    return seqs, collect_hidden_states(model, seqs, TINY_LAYERS, progress=False)
+from tests.conftest import TINY_HEAD_LAYERS as TINY_LAYERS
+from tests.conftest import TINY_HEAD_TEXTS as TINY_TEXTS
+from tests.conftest import readout as _readout
 
 
-def _readout(model, h):
-    return model.lm_head(model.model.norm(h))
-
-
-def test_identity_head_is_plain_early_exit(tiny, tiny_data):
+def test_identity_head_is_plain_early_exit(tiny, tiny_selftext):
     model, _ = tiny
-    seqs, data = tiny_data
+    seqs, data = tiny_selftext
     heads = identity_heads()
     assert heads.kind == "identity"
     h = torch.randn(3, 7, model.config.hidden_size)
@@ -50,9 +36,9 @@ def test_identity_head_is_plain_early_exit(tiny, tiny_data):
         assert agree[L] == pytest.approx(manual)
 
 
-def test_save_load_round_trip(tmp_path, tiny, tiny_data):
+def test_save_load_round_trip(tmp_path, tiny, tiny_selftext):
     model, _ = tiny
-    _, data = tiny_data
+    _, data = tiny_selftext
     ridge = fit_ridge(data, (2, 3), progress=False, meta={"model": "tiny-random"})
     mlp = fit_kl(model, data, ridge, (2, 3), arch="affine_mlp", mlp_width=8, epochs=1, batch_size=128,
                  progress=False)
@@ -82,8 +68,8 @@ def test_save_load_round_trip(tmp_path, tiny, tiny_data):
         assert back.meta["draft_vocab_size"] == 3
 
 
-def test_dtype_and_to(tiny_data):
-    _, data = tiny_data
+def test_dtype_and_to(tiny_selftext):
+    _, data = tiny_selftext
     heads = fit_ridge(data, (3,), progress=False)
     h = torch.randn(2, data.h_final.shape[1], dtype=torch.bfloat16)
     out = heads.apply(3, h)
@@ -101,8 +87,8 @@ def test_bad_draft_vocab_is_refused(tiny):
         SelfSpeculativeDecoder(model, exit_heads=identity_heads(torch.tensor([1, 64])))
 
 
-def test_missing_layer_error(tiny_data):
-    _, data = tiny_data
+def test_missing_layer_error(tiny_selftext):
+    _, data = tiny_selftext
     heads = fit_ridge(data, (2, 4), progress=False)
     with pytest.raises(ValueError, match=r"layer 3.*available layers: \[2, 4\]"):
         heads.apply(3, torch.randn(1, data.h_final.shape[1]))
@@ -111,7 +97,7 @@ def test_missing_layer_error(tiny_data):
 
 
 @pytest.mark.parametrize("path", ["eager", "auto"])
-def test_decoding_with_fitted_heads_is_exact(tiny, tiny_data, path):
+def test_decoding_with_fitted_heads_is_exact(tiny, tiny_selftext, path):
     """Heads only change drafts: with ridge and KL heads (and a random-perturbed copy, whose drafts are often
     wrong), random (L, k) sequences give plain greedy decoding token for token."""
     import random
@@ -119,7 +105,7 @@ def test_decoding_with_fitted_heads_is_exact(tiny, tiny_data, path):
     from lede_env.engine.decoder import SelfSpeculativeDecoder
 
     model, tok = tiny
-    _, data = tiny_data
+    _, data = tiny_selftext
     ridge = fit_ridge(data, TINY_LAYERS, progress=False)
     kl = fit_kl(model, data, ridge, TINY_LAYERS, epochs=1, progress=False)
     noisy = fit_ridge(data, TINY_LAYERS, progress=False)

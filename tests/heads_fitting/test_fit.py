@@ -15,21 +15,9 @@ from lede_env.heads_fitting import (
     fit_ridge,
     generate_self_text,
 )
-
-TINY_TEXTS = [f"prompt number {i} says {'abcdefgh'[i % 8] * (i % 5 + 1)} then stops" for i in range(24)]
-TINY_LAYERS = (1, 2, 3, 4, 5)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny):
-    model, tok = tiny
-    seqs = generate_self_text(model, tok, TINY_TEXTS, max_new_tokens=24, chat_template=False, batch_size=1,
-                              progress=False)
-    return seqs, collect_hidden_states(model, seqs, TINY_LAYERS, progress=False)
-
-
-def _readout(model, h):
-    return model.lm_head(model.model.norm(h))
+from tests.conftest import TINY_HEAD_LAYERS as TINY_LAYERS
+from tests.conftest import TINY_HEAD_TEXTS as TINY_TEXTS
+from tests.conftest import readout as _readout
 
 
 def test_generate_self_text_is_greedy_generate(tiny):
@@ -45,9 +33,9 @@ def test_generate_self_text_is_greedy_generate(tiny):
         assert 1 <= len(seq.new_ids) <= 10
 
 
-def test_collect_hidden_states_matches_model(tiny, tiny_data):
+def test_collect_hidden_states_matches_model(tiny, tiny_selftext):
     model, _ = tiny
-    seqs, data = tiny_data
+    seqs, data = tiny_selftext
     seq = seqs[0]
     n_new = len(seq.new_ids)
     with torch.no_grad():
@@ -62,9 +50,9 @@ def test_collect_hidden_states_matches_model(tiny, tiny_data):
     assert torch.equal(data.target[first], out.logits[0, pos].argmax(-1))
 
 
-def test_ridge_improves_train_agreement(tiny, tiny_data):
+def test_ridge_improves_train_agreement(tiny, tiny_selftext):
     model, _ = tiny
-    _, data = tiny_data
+    _, data = tiny_selftext
     ridge = fit_ridge(data, TINY_LAYERS, alpha=1e-4, progress=False)
     assert ridge.kind == "ridge" and ridge.layers == TINY_LAYERS
     base = agreement_on_data(model, identity_heads(), data)
@@ -74,9 +62,9 @@ def test_ridge_improves_train_agreement(tiny, tiny_data):
     assert sum(fitted.values()) > sum(base.values())
 
 
-def test_agreement_on_sequences(tiny, tiny_data):
+def test_agreement_on_sequences(tiny, tiny_selftext):
     model, _ = tiny
-    seqs, data = tiny_data
+    seqs, data = tiny_selftext
     direct = agreement(model, identity_heads(), seqs, (2, 5))
     assert direct == pytest.approx(agreement_on_data(model, identity_heads(), data, (2, 5)))
     empty = collect_hidden_states(model, [SelfText([1, 5, 6], [])], (2,), progress=False)
@@ -149,10 +137,10 @@ def _heldout_kl(model, heads, data, L):
 
 
 @pytest.fixture(scope="module")
-def split_data(tiny, tiny_data):
+def split_data(tiny, tiny_selftext):
     """Hidden states of two disjoint sets of sequences: fit on the first, judge on the second."""
     model, _ = tiny
-    seqs, _ = tiny_data
+    seqs, _ = tiny_selftext
     return (collect_hidden_states(model, seqs[:16], TINY_LAYERS, progress=False),
             collect_hidden_states(model, seqs[16:], TINY_LAYERS, progress=False))
 
