@@ -13,14 +13,13 @@ rebuilds its dataset exactly.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import gymnasium as gym
 
 from agents.base import Agent
 from agents.baselines import behaviour_name, check_behaviour_spec, make_behaviour
-from lede_env.datasets import Recipe, check_writable, collect
+from lede_env.datasets import Recipe, collect
 
 __all__ = ["check_recipe", "load_recipe", "make_recipe_behaviour", "collect_recipe", "collect_from_recipe"]
 
@@ -29,7 +28,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
     """``recipe`` with its behaviour spec validated and normalised (`agents.baselines.check_behaviour_spec`:
     canonical kinds, typed numbers, mixture weights); ``ValueError`` names the problem."""
     spec = check_behaviour_spec(recipe.behaviour)
-    return recipe if spec == recipe.behaviour else dataclasses.replace(recipe, behaviour=spec)
+    return recipe if spec == recipe.behaviour else recipe.with_behaviour(spec)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -47,18 +46,27 @@ def collect_recipe(recipe: Recipe, overwrite: bool = False, progress: bool = Tru
 
     ``agent``: act with this policy instead (the recipe's behaviour still names the dataset unless its ``name``
     or ``dataset_id`` do); the result is then only as reproducible as that agent. ``overwrite`` and
-    ``progress`` as in `lede_env.datasets.collect`.
+    ``progress`` as in `lede_env.datasets.collect`, which checks the dataset id before it makes the environment
+    when it can (a live backend's, or an explicit ``dataset_id``) and before it builds the behaviour agent.
     """
     recipe = check_recipe(recipe)
-    name = behaviour_name(recipe.behaviour)
-    env = recipe.make_env()
-    try:
-        check_writable(recipe.resolve_dataset_id(env, name), overwrite)   # before building the agent
-        if agent is None:
-            agent = make_recipe_behaviour(recipe, env)
-        return collect(recipe, agent, env=env, name=name, overwrite=overwrite, progress=progress)
-    finally:
-        env.close()
+    _check_before_env(recipe)
+    if agent is None:
+        agent = lambda env: make_recipe_behaviour(recipe, env)   # noqa: E731  (built once the id is checked)
+    return collect(recipe, agent, name=behaviour_name(recipe.behaviour), overwrite=overwrite, progress=progress)
+
+
+def _kinds(spec: dict) -> set[str]:
+    return {spec.get("kind")} | set().union(*(_kinds(c) for c in spec.get("components", ())))
+
+
+def _check_before_env(recipe: Recipe) -> None:
+    """What can be refused before the environment is made (a live one loads the model, 30-70 s) and that
+    `lede_env.datasets.collect` cannot know (it does not interpret the behaviour): an oracle behaviour without the
+    replay backend."""
+    if recipe.env_config.backend != "replay" and "oracle" in _kinds(recipe.behaviour):
+        raise ValueError("The recipe's behaviour uses the oracle, which needs the replay backend (a trace per "
+                         "prompt): set backend = 'replay' and traces = ... in its [env].")
 
 
 def collect_from_recipe(path: str | Path, overwrite: bool = False, progress: bool = True):

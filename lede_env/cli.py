@@ -1,15 +1,149 @@
-"""The `lede` command line. Each subcommand is a thin shell over a library function."""
+"""The `lede` command line. Each subcommand is a thin shell over a library function.
+
+Every command checks its arguments before any work starts (model loading takes 30-70 s, and the checks import no
+torch): a bad argument is a usage error (exit code 2) that names the option. Expected failures during the work
+(``ValueError``, any ``OSError``: a missing or existing file, a permission problem, a full disk, an HDF5 write error)
+print their message alone, without a traceback, and exit with code 1;
+Ctrl-C exits with code 130. Anything else is a bug and keeps its traceback. ``LEDE_DEBUG=1`` shows the traceback
+of every error. All of it lives in one place, `LedeGroup.invoke`.
+"""
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+class LedeGroup(TyperGroup):
+    """The `lede` group: expected errors print their message alone (module docstring)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if os.environ.get("LEDE_DEBUG") == "1":
+                raise
+            print("Interrupted.", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except EXPECTED_ERRORS as e:
+            if os.environ.get("LEDE_DEBUG") == "1":
+                raise
+            print(f"Error: {e}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=LedeGroup, add_completion=False, no_args_is_help=True,
                   help="LEDE gym: self-speculative decoding on a real Llama model as an RL problem.")
+
+
+# ------------------------------------------------------------------------------------------ argument checks
+@contextmanager
+def _param(hint: str):
+    """Turn an expected error of a check into a usage error for the option ``hint`` (exit code 2)."""
+    try:
+        yield
+    except EXPECTED_ERRORS as e:
+        raise typer.BadParameter(str(e), param_hint=hint) from None
+
+
+@contextmanager
+def _tagged_params():
+    """Turn an error that names the argument it is about (``error.argument``, as `lede_env.record` raises them) into
+    a usage error for that option; other errors pass."""
+    try:
+        yield
+    except EXPECTED_ERRORS as e:
+        name = getattr(e, "argument", None)
+        if name is None:
+            raise
+        raise typer.BadParameter(str(e), param_hint="--" + name.replace("_", "-")) from None
+
+
+def _check_model(model: str) -> None:
+    from lede_env.paths import check_model_name   # no torch
+
+    with _param("--model"):
+        check_model_name(model)
+
+
+def _check_prompts(spec: str, hint: str = "--prompts") -> list:
+    from lede_env.prompts import load_prompts
+
+    with _param(hint):
+        return load_prompts(spec)
+
+
+def _check_heads(heads: str) -> None:
+    from lede_env.defaults import check_heads_spec   # no torch
+
+    with _param("--heads"):
+        check_heads_spec(heads)
+
+
+def _check_dtype(dtype: str) -> None:
+    from lede_env.models import _resolve_dtype
+
+    with _param("--dtype"):
+        _resolve_dtype(dtype)
+
+
+def _check_path(path: str) -> None:
+    from lede_env.engine.path_names import resolve_path   # no torch
+
+    with _param("--path"):
+        resolve_path(path)
+
+
+def _layers(text: Optional[str], hint: str, allow_all: bool = False):
+    """Comma-separated layer numbers (>= 1, distinct) as a tuple; None for None; "all" if allowed."""
+    from lede_env.engine.limits import parse_layers
+
+    if text is None or (allow_all and text == "all"):
+        return text
+    with _param(hint):
+        return parse_layers(text, "layers")
+
+
+def _lengths(text: str, hint: str = "--spec-lengths") -> tuple[int, ...]:
+    from lede_env.analysis import check_spec_lengths
+
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated lengths such as 0,1,2,3, got {text!r}.",
+                                 param_hint=hint) from None
+    with _param(hint):
+        return check_spec_lengths(values)
+
+
+def _check_file(path: Optional[str], hint: str, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise typer.BadParameter(f"no {what} at {path}.", param_hint=hint)
+
+
+def _check_out_file(out: Optional[str], suffix: str, hint: str = "--out") -> None:
+    """An output file: the right suffix, not a folder, in a folder that exists or can be made and is writable."""
+    if out is None:
+        return
+    path = Path(out)
+    with _param(hint):
+        if path.suffix != suffix:
+            raise ValueError(f"the file name must end with {suffix}, got {out!r}.")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: give a file path.")
+        from lede_env.paths import probe_writable
+
+        probe_writable(path)
 
 
 def _setup(threads: int) -> None:
@@ -18,44 +152,47 @@ def _setup(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+# ------------------------------------------------------------------------------------------ commands
 @app.command()
 def demo(model: str = typer.Option("smollm2-135m", help="Model name or local Llama directory."),
          prompts: str = typer.Option("mixed:test", help="Prompt set (and split) or a .jsonl file."),
-         n: int = typer.Option(3, help="How many prompts."),
-         max_new_tokens: int = typer.Option(96),
-         exit_layer: Optional[int] = typer.Option(None, help="Exit layer L (default: the model's default)."),
-         k: Optional[int] = typer.Option(None, help="Speculation length k (default: the model's default)."),
+         n: int = typer.Option(3, min=1, help="How many prompts."),
+         max_new_tokens: int = typer.Option(96, min=1),
+         exit_layer: Optional[int] = typer.Option(None, min=1, help="Exit layer L (default: the model's default)."),
+         k: Optional[int] = typer.Option(None, min=0, help="Speculation length k (default: the model's default)."),
          heads: str = typer.Option("default", help="Exit heads: 'default', 'identity' or a path."),
          chat_template: bool = typer.Option(True),
-         threads: int = typer.Option(2),
-         path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-invariant, fast-bf16."),
+         threads: int = typer.Option(2, min=1),
+         path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-bf16."),
          color: bool = typer.Option(True)) -> None:
     """Generate from a few prompts with plain greedy and with self-speculative decoding, side by side."""
+    _check_model(model)
+    plist = _check_prompts(prompts)[:n]
+    _check_heads(heads)
+    _check_path(path)
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from lede_env.defaults import default_static_action, resolve_exit_heads
-    from lede_env.engine.profile import heads_label
-    from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.models import load_model
-    from lede_env.prompts import encode_prompt, load_prompts
+    from lede_env.defaults import default_static_action
+    from lede_env.engine.limits import check_layer_range
     from lede_env.render import LEGEND, mark_text, token_kinds, token_pieces
+    from lede_env.wiring import build_decoder
 
     _setup(threads)
     console = Console(highlight=False, width=max(100, Console().width))
-    mdl, tok = load_model(model)
-    exit_heads = resolve_exit_heads(heads, model, mdl)
-    L0, k0 = default_static_action(model, exit_heads)
+    setup = build_decoder(model, heads=heads, path=path, chat_template=chat_template)
+    L0, k0 = default_static_action(model, setup.heads)
     L, kk = exit_layer if exit_layer is not None else L0, k if k is not None else k0
-    dec = SelfSpeculativeDecoder(mdl, exit_heads=exit_heads, eos_token_id=tok.eos_token_id, path=path)
+    check_layer_range((L,), setup.num_layers, "--exit-layer", model)
+    dec, tok = setup.decoder, setup.tokenizer
     rows = []
-    console.print(f"[bold]{model}[/], exit heads: {heads_label(exit_heads)}, "
+    console.print(f"[bold]{model}[/], exit heads: {setup.heads_label}, "
                   f"self-speculative setting L={L}, k={kk}, {threads} threads, path {dec.path} (both rows).  "
                   f"{LEGEND}\n")
-    dec.generate(encode_prompt(tok, "Hello", chat_template), 4)  # warm-up
-    for p in load_prompts(prompts)[:n]:
-        ids = encode_prompt(tok, p.text, chat_template)
+    dec.generate(setup.encode(["Hello"])[0], 4)  # warm-up
+    for p, ids in zip(plist, setup.encode([p.text for p in plist])):
         t0 = time.perf_counter()
         ref, _ = dec.generate(ids, max_new_tokens)
         t_ar = time.perf_counter() - t0
@@ -83,83 +220,100 @@ def demo(model: str = typer.Option("smollm2-135m", help="Model name or local Lla
 
 @app.command()
 def profile(model: str = typer.Option("smollm2-135m"), dtype: str = typer.Option("float32"),
-            threads: int = typer.Option(2), heads: str = typer.Option("default"),
+            threads: int = typer.Option(2, min=1), heads: str = typer.Option("default"),
             exit_layers: str = typer.Option("all", help="Comma-separated exit layers, or 'all' (the heads' layers)."),
-            max_verify: int = typer.Option(13), repeats: int = typer.Option(25),
-            path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-invariant, fast-bf16."),
+            max_verify: int = typer.Option(13, min=1), repeats: int = typer.Option(25, min=1),
+            path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-bf16."),
             out: Optional[str] = typer.Option(None, help="Output JSON (default: $LEDE_HOME/profiles/<key>.json).")
             ) -> None:
     """Measure the latency profile (draft cost per exit layer, verification cost per length)."""
-    from lede_env.defaults import resolve_exit_heads
-    from lede_env.engine.decoder import SelfSpeculativeDecoder
-    from lede_env.engine.profile import measure_profile
-    from lede_env.models import load_model
+    _check_model(model)
+    _check_dtype(dtype)
+    _check_heads(heads)
+    _check_path(path)
+    layers = _layers(exit_layers, "--exit-layers", allow_all=True)
+    _check_out_file(out, ".json")
+
+    from lede_env.engine.limits import check_layer_range
+    from lede_env.engine.measure import measure_profile
+    from lede_env.wiring import build_decoder
 
     _setup(threads)
-    mdl, tok = load_model(model, dtype=dtype)
-    exit_heads = resolve_exit_heads(heads, model, mdl)
-    N = mdl.config.num_hidden_layers
-    if exit_layers == "all":   # every layer the heads cover (every exit for identity heads)
-        layers = list(getattr(exit_heads, "layers", ()) or range(1, N))
-    else:
-        layers = [int(x) for x in exit_layers.split(",")]
-    dec = SelfSpeculativeDecoder(mdl, exit_heads=exit_heads, eos_token_id=[], path=path)
-    prof = measure_profile(dec, model, layers, max_verify=max_verify, repeats=repeats)
-    path = prof.save(out)
+    setup = build_decoder(model, heads=heads, path=path, dtype=dtype, eos=False)
+    N = setup.num_layers
+    if layers == "all":   # every layer the heads cover (every exit for identity heads)
+        layers = list(getattr(setup.heads, "layers", ()) or range(1, N))
+    check_layer_range(layers, N, "--exit-layers", model)
+    prof = measure_profile(setup.decoder, model, list(layers), max_verify=max_verify, repeats=repeats)
+    saved = prof.save(out)
     typer.echo(f"path {prof.path}, heads {prof.exit_heads}")
     typer.echo(f"plain AR step {prof.c_ar * 1e3:.2f} ms; per layer {prof.layer_cost[0] * 1e3:.3f} ms; "
                f"LM head {prof.head_cost[0] * 1e3:.2f} ms; verify 13/1 = {prof.verify_cost[-1] / prof.verify_cost[0]:.2f}")
     typer.echo("draft ms/token: " + ", ".join(f"L{L}={c * 1e3:.1f}" for L, c in prof.draft_cost.items()))
-    typer.echo(f"saved {path}")
+    typer.echo(f"saved {saved}")
 
 
 @app.command()
 def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option("mixed:train"),
           out: str = typer.Option(..., help="Output .npz path."),
-          limit: Optional[int] = typer.Option(None, help="Only the first N prompts of the set."),
-          max_new_tokens: int = typer.Option(128), heads: str = typer.Option("default"),
+          limit: Optional[int] = typer.Option(None, min=1, help="Only the first N prompts of the set."),
+          max_new_tokens: int = typer.Option(128, min=2), heads: str = typer.Option("default"),
           exit_layers: Optional[str] = typer.Option(None, help="Comma-separated (default: the env's default)."),
           probe_layers: Optional[str] = typer.Option(None, help="Comma-separated (default: the env's default)."),
           chat_template: bool = typer.Option(True), dtype: str = typer.Option("float32"),
-          threads: int = typer.Option(2)) -> None:
-    """Record replay traces: each prompt's greedy continuation with every exit layer's prediction."""
-    from lede_env.record import record_traces_for
+          threads: int = typer.Option(2, min=1),
+          overwrite: bool = typer.Option(False, help="Replace an existing trace file (datasets built from it "
+                                                     "would no longer match it).")) -> None:
+    """Record replay traces: each prompt's greedy continuation with every exit layer's prediction.
+
+    Resumable: stopped part-way, the finished prompts are kept in <out>.partial/ and the same command resumes."""
+    from lede_env.record import prepare_recording
+
+    exits, probes = _layers(exit_layers, "--exit-layers"), _layers(probe_layers, "--probe-layers")
+    with _tagged_params():   # the output, model, prompts, heads, layers and an unfinished recording: checked once
+        recording = prepare_recording(model=model, prompts=prompts, out=out, limit=limit,
+                                      max_new_tokens=max_new_tokens, heads=heads, exit_layers=exits,
+                                      probe_layers=probes, chat_template=chat_template, dtype=dtype,
+                                      overwrite=overwrite)
+    _check_dtype(dtype)
 
     _setup(threads)
-    parse = lambda s: tuple(int(x) for x in s.split(",")) if s else None  # noqa: E731
-    ts, path = record_traces_for(model=model, prompts=prompts, out=out, limit=limit, max_new_tokens=max_new_tokens,
-                                 heads=heads, exit_layers=parse(exit_layers), probe_layers=parse(probe_layers),
-                                 chat_template=chat_template, dtype=dtype)
+    ts, path = recording.run()
     n = sum(t.length for t in ts.traces)
     typer.echo(f"recorded {len(ts)} traces, {n} tokens -> {path}")
 
 
 @app.command()
 def oracle(traces: str = typer.Option(..., help="Trace file from `lede trace`."),
-           lam: float = typer.Option(1.0), threads: int = typer.Option(2),
+           lam: float = typer.Option(1.0, help="Reward weight (> 0; the oracle's actions are the same for any)."),
+           threads: int = typer.Option(2, min=1),
            spec_lengths: str = typer.Option("0,1,2,3,4,5,6,7,8,9,10,11,12"),
            profile: Optional[str] = typer.Option(None, help="Latency profile JSON (default: the stored one)."),
            path: str = typer.Option("auto", help="Execution path whose stored profile prices the steps.")) -> None:
     """Oracle (hindsight DP) and best static speedups on a trace file, with the stored latency profile."""
+    from lede_env.oracle import check_lam
+
+    with _param("--lam"):
+        check_lam(lam, optimise=True)
+    ks = _lengths(spec_lengths)
+    _check_file(traces, "--traces", "trace file (record one with `lede trace`)")
+    _check_file(profile, "--profile", "latency profile")
+    _check_path(path)
+
     from lede_env.analysis import oracle_report
 
-    oracle_report(traces, spec_lengths=tuple(int(x) for x in spec_lengths.split(",")), lam=lam, threads=threads,
-                  profile=profile, engine_path=path)
+    oracle_report(traces, spec_lengths=ks, lam=lam, threads=threads, profile=profile, engine_path=path)
 
 
 @app.command()
 def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml)."),
             overwrite: bool = typer.Option(False, help="Replace an existing dataset with the same id.")) -> None:
     """Collect a Minari dataset of LEDE-v0 from a recipe (see datasets/README.md)."""
-    from agents.behaviour import collect_from_recipe
+    from agents.behaviour import collect_recipe, load_recipe
 
-    try:
-        collect_from_recipe(recipe, overwrite=overwrite)
-    except FileExistsError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
+    with _param("--recipe"):
+        parsed = load_recipe(recipe)
+    collect_recipe(parsed, overwrite=overwrite)
 
 
 @app.command("fit-heads")
@@ -169,30 +323,44 @@ def fit_heads(model: str = typer.Option("smollm2-135m", help="Model name or loca
                                          help="Comma-separated exit layers."),
               train_prompts: str = typer.Option("mixed:train,humaneval:train"),
               test_prompts: str = typer.Option("mixed:test,humaneval:test"),
-              positions: int = typer.Option(30000, help="Training positions (tokens of self-generated text)."),
-              max_new_tokens: int = typer.Option(128), kl_epochs: int = typer.Option(4),
+              positions: int = typer.Option(30000, min=1, help="Training positions (tokens of self-generated text)."),
+              max_new_tokens: int = typer.Option(128, min=2), kl_epochs: int = typer.Option(4, min=0),
               out: Optional[str] = typer.Option(None, help="Output folder (default: $LEDE_HOME/heads/<model>)."),
               cache_dir: Optional[str] = typer.Option(None, help="Keep the generated text here for reruns."),
-              threads: int = typer.Option(2)) -> None:
+              threads: int = typer.Option(2, min=1)) -> None:
     """Fit exit heads by self-distillation on the TRAIN prompts; report held-out agreement on the TEST prompts."""
-    from pathlib import Path
-
-    from lede_env.engine.fit_heads import fit_heads_report
+    from lede_env.heads_fitting import fit_heads_report
     from lede_env.paths import artifacts_dir
+
+    _check_model(model)
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = sorted(set(kind_list) - {"ridge", "kl", "kl-mlp"})
+    if not kind_list or unknown:
+        raise typer.BadParameter(f"head kinds are ridge, kl and kl-mlp, got {kinds!r}.", param_hint="--kinds")
+    layer_list = _layers(layers, "--layers")
+    for hint, specs in (("--train-prompts", train_prompts), ("--test-prompts", test_prompts)):
+        for spec in specs.split(","):
+            _check_prompts(spec.strip(), hint)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a folder.", param_hint="--out")
 
     _setup(threads)
     folder = Path(out) if out else artifacts_dir() / "heads" / model.replace("/", "-")
-    fit_heads_report(out=folder, model_name=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-                     layers=[int(x) for x in layers.split(",")], train_prompts=train_prompts,
+    fit_heads_report(out=folder, model_name=model, kinds=kind_list,
+                     layers=list(layer_list), train_prompts=train_prompts,
                      test_prompts=test_prompts, n_positions=positions, max_new_tokens=max_new_tokens,
                      kl_epochs=kl_epochs, threads=threads, cache_dir=cache_dir, echo=typer.echo)
 
 
 @app.command("bench-engine")
-def bench_engine(threads: int = typer.Option(2), n: int = typer.Option(4), max_new_tokens: int = typer.Option(64),
+def bench_engine(threads: int = typer.Option(2, min=1), n: int = typer.Option(4, min=1),
+                 max_new_tokens: int = typer.Option(64, min=1),
                  heads: str = typer.Option("default", help="'default', 'identity' or a path."),
-                 path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-invariant, fast-bf16.")) -> None:
+                 path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-bf16.")) -> None:
     """Engine benchmark on SmolLM2: plain greedy vs model.generate, and a static (L, k) grid."""
+    _check_heads(heads)
+    _check_path(path)
+
     from lede_env.bench_engine import run
 
     _setup(threads)

@@ -4,9 +4,10 @@ uses. Both are measured results (see `lede_env/data/defaults.json` and the READM
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from lede_env.paths import PACKAGE_DATA
+from lede_env.paths import PACKAGE_DATA, sha256_of
 
 _DEFAULTS_FILE = PACKAGE_DATA / "defaults.json"
 
@@ -18,22 +19,50 @@ def model_defaults(model: str) -> dict:
     return json.loads(_DEFAULTS_FILE.read_text()).get(model, {})
 
 
+def check_heads_spec(spec) -> None:
+    """``FileNotFoundError`` unless the exit heads ``spec`` is ``None``, ``'default'``, ``'identity'`` or an existing
+    path (the folder or ``.safetensors`` file written by `lede fit-heads`). No torch is imported."""
+    if spec in (None, "default", "identity"):
+        return
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"No exit heads at {os.fspath(spec)}: pass 'default', 'identity' or the folder "
+                                f"written by `lede fit-heads --out {os.fspath(spec)}`.")
+
+
+def heads_path(spec, model_name: str) -> Path | None:
+    """Where the exit heads ``spec`` are read from: the path itself, the shipped heads of ``model_name`` for
+    ``'default'``; ``None`` for identity heads (``'identity'``, ``None``, or ``'default'`` without shipped heads)."""
+    if spec in (None, "identity"):
+        return None
+    if spec == "default":
+        rel = model_defaults(model_name).get("exit_heads")
+        return PACKAGE_DATA / rel if rel else None
+    return Path(spec)
+
+
+def heads_sha256(spec, model_name: str) -> str | None:
+    """sha256 of the files of the exit heads ``spec`` (`heads_path`: for a folder every file in it, for a
+    ``.safetensors`` file it and its ``.json``); ``None`` for identity heads."""
+    path = heads_path(spec, model_name)
+    if path is None:
+        return None
+    check_heads_spec(path)
+    if path.is_dir():
+        files = sorted((f for f in path.iterdir() if f.is_file()), key=lambda f: f.name)
+    else:
+        files = [f for f in (path, path.with_suffix(".json")) if f.is_file()]
+    return sha256_of(files)
+
+
 def resolve_exit_heads(spec: str | None, model_name: str, model=None):
     """``'identity'`` / ``None``: plain early exit; ``'default'``: the heads shipped for this model (identity if
     none); anything else: a path to saved heads. Returns an `ExitHeads`."""
     from lede_env.engine.heads import ExitHeads, identity_heads
 
-    if spec in (None, "identity"):
+    path = heads_path(spec, model_name)
+    if path is None:
         return identity_heads()
-    if spec == "default":
-        rel = model_defaults(model_name).get("exit_heads")
-        if not rel:
-            return identity_heads()
-        spec = str(PACKAGE_DATA / rel)
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"No exit heads at {path}. Fit them with `lede fit-heads --out {path}`, or pass "
-                                "'identity' or 'default'.")
+    check_heads_spec(path)
     device = dtype = None
     if model is not None:
         p = next(model.parameters())

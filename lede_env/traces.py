@@ -175,7 +175,10 @@ class TraceSet:
         except OSError as e:
             raise OSError(e.errno, f"Cannot write the trace file {path}: {e.strerror or e}") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:   # its folder does not exist (a part of the path is a file): nothing to remove
+                pass
         return path
 
     @classmethod

@@ -42,3 +42,32 @@ def test_required_agreement_reaches_target_and_grows_with_depth_and_verify_cost(
     assert all(need_costly[L] > need[L] for L in need)
     # a draft as expensive as a full step can never pay
     assert math.isinf(required_agreement(profile(0.0011, 0.0), [9], target=1.1)[9])
+
+
+def test_oracle_below_static_tolerance_grows_with_the_steps(monkeypatch, tmp_path):
+    """The DP's tie rule may lose up to a relative _TIE_RTOL per position: oracle_summary tolerates that summed over
+    the positions, and no more."""
+    import numpy as np
+
+    from lede_env import analysis
+    from lede_env.oracle import _TIE_RTOL
+    from lede_env.traces import Trace
+
+    T = 400
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 50, T)
+    tr = Trace(prompt_index=0, prompt_ids=np.arange(4), tokens=tokens, exit_layers=(2, 4), probe_layers=(3,),
+               draft_tokens=np.tile(tokens[1:, None], (1, 2)), draft_maxprob=np.ones((T - 1, 2), np.float32),
+               full_maxprob=np.ones(T - 1, np.float32), full_entropy=np.zeros(T - 1, np.float32),
+               probe_cos=np.ones((T - 1, 1), np.float32), eos=False, max_new_tokens=T, max_context=1024)
+    p = profile(0.001, 0.0)
+    table = p.cost_table((2, 4), 3)
+    _, _, static = analysis.best_static([tr], table, (0, 1, 2, 3))
+    # a loss of 100 ties' worth (of the T - 1 = 399 positions) is tolerated, one of 2 * 399 * (1 + speedup) is not
+    small = static * (1 - 100 * _TIE_RTOL)
+    monkeypatch.setattr(analysis, "aggregate_speedup", lambda results: small)
+    assert analysis.oracle_summary([tr], table, (0, 1, 2, 3))["oracle_speedup"] == small
+    big = static * (1 - 2 * (T - 1) * _TIE_RTOL * (1 + static))
+    monkeypatch.setattr(analysis, "aggregate_speedup", lambda results: big)
+    with pytest.raises(AssertionError, match="below best static"):
+        analysis.oracle_summary([tr], table, (0, 1, 2, 3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import lede_env  # noqa: F401  (registers the ids)
 from agents.behaviour import check_recipe, collect_from_recipe, collect_recipe
 from lede_env import datasets as lds
+from lede_env.datasets import collection
 from lede_env.datasets import DatasetMismatchError, Recipe, collect, load_offline_arrays, recompute_rewards
 from lede_env.wrappers import FlattenAction
 
@@ -193,7 +195,7 @@ class FailingAgent:
 
 
 def test_exception_midway_leaves_nothing(tiny_setup, store, monkeypatch, capsys):
-    monkeypatch.setattr(lds, "_CHUNK_EPISODES", 2)     # some episodes already written when it fails
+    monkeypatch.setattr(collection, "_CHUNK_EPISODES", 2)     # some episodes already written when it fails
     r = recipe(tiny_setup, behaviour={"kind": "random"}, episodes=50)
     with pytest.raises(RuntimeError, match="policy crashed"):
         collect(r, progress=False, agent=FailingAgent(150))
@@ -212,8 +214,7 @@ def test_exception_midway_leaves_nothing(tiny_setup, store, monkeypatch, capsys)
 _CHILD = textwrap.dedent("""
     import json, sys, time
     import numpy as np
-    from lede_env import datasets as lds
-    from lede_env.datasets import Recipe, collect
+    from lede_env.datasets import Recipe, collect, collection
 
     class Slow:
         name = "slow"
@@ -227,7 +228,7 @@ _CHILD = textwrap.dedent("""
                 time.sleep(0.01)
             return np.array([self.rng.integers(5), self.rng.integers(7)]), None
 
-    lds._CHUNK_EPISODES = 2
+    collection._CHUNK_EPISODES = 2
     recipe = Recipe(**json.loads(sys.argv[1]))
     collect(recipe, progress=False, agent=Slow())
     print("FINISHED", flush=True)
@@ -373,3 +374,293 @@ def test_collect_takes_a_built_policy(tiny_setup, store):
     np.testing.assert_array_equal(da.observations, db.observations)
     with pytest.raises(TypeError, match="predict"):
         collect(r, object(), progress=False)
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C (issue 12)
+_CLI_CHILD = textwrap.dedent("""
+    import sys
+    from lede_env.datasets import collection
+    collection._CHUNK_EPISODES = 8          # many writes: interrupts land in them too
+    from lede_env.cli import app
+    app(["collect", "--recipe", sys.argv[1]])
+""")
+
+
+def test_one_ctrl_c_always_stops_collect(tiny_setup, tmp_path):
+    """SIGINT during `lede collect`, sent right after the child says where it is (``LEDE_COLLECT_MARKERS``): during an
+    episode, during a write, just before publishing, and once at a random moment. Every time the process exits
+    promptly with 130 (or had finished, for the random one), with the complete dataset or nothing under the id,
+    no hidden leftovers and no 'Exception ignored' (an interrupt swallowed by a finalizer)."""
+    import random
+    import time
+
+    from lede_env.datasets.publish import datasets_path
+
+    episodes = 300
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text(textwrap.dedent(f"""
+        episodes = {episodes}
+        seed = 0
+        [env]
+        backend = "replay"
+        traces = {json.dumps(tiny_setup["traces"])}
+        profile = {json.dumps(tiny_setup["profile"])}
+        spec_lengths = {list(SPEC)}
+        [behaviour]
+        kind = "random"
+    """))
+    dataset_id = "lede/tiny-random-prompts/random-v0"
+
+    def start(store):
+        env = dict(os.environ, MINARI_DATASETS_PATH=str(store), OMP_NUM_THREADS="1", LEDE_COLLECT_MARKERS="1")
+        return subprocess.Popen([sys.executable, "-c", _CLI_CHILD, str(recipe_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+    def wait_for(proc, marker: str, nth: int) -> str:
+        seen, lines = 0, []
+        for line in proc.stderr:               # text mode: tqdm's carriage returns end lines too
+            lines.append(line)
+            if line.rstrip().endswith(marker):
+                seen += 1
+                if seen == nth:
+                    return "".join(lines)
+        raise AssertionError(f"the child ended before {marker!r} #{nth}: {''.join(lines)[-2000:]}")
+
+    def complete_or_none(store):
+        if not (store / dataset_id).exists():
+            return "none"
+        with datasets_path(store):
+            assert minari.load_dataset(dataset_id).total_episodes == episodes
+        return "complete"
+
+    t_start = time.perf_counter()
+    tries = [("EPISODE 5", 1, "none"), ("WRITE", 2, "none"), ("PUBLISH", 1, "complete"), (None, 0, None)]
+    for i, (marker, nth, expected) in enumerate(tries):
+        store = tmp_path / f"try{i}"
+        proc = start(store)
+        try:
+            before = wait_for(proc, marker or "EPISODE 0", nth or 1)
+            if marker is None:              # the collection has started: a random moment of it
+                time.sleep(random.uniform(0.0, 1.5))
+            finished = proc.poll() is not None
+            if not finished:
+                proc.send_signal(signal.SIGINT)
+            sent = time.perf_counter()
+            out, err = proc.communicate(timeout=30)
+            waited = time.perf_counter() - sent
+        finally:
+            proc.kill()
+        err = before + err
+        what = (marker, proc.returncode, err[-2000:])
+        if finished or (marker is None and proc.returncode == 0):
+            assert marker is None and proc.returncode == 0, what
+        else:
+            assert proc.returncode == 130 and "Interrupted." in err and waited < 30, what
+        assert "Exception ignored" not in err, what
+        state = complete_or_none(store)
+        assert expected in (None, state), (what, state)
+        assert not leftovers(store), (what, leftovers(store))
+    assert time.perf_counter() - t_start < 60
+
+
+def test_interrupts_are_deferred_to_the_collection_loop():
+    """The SIGINT handler of a collection only sets a flag (raising from it could land in a finalizer); the loop
+    raises, and the previous handler comes back after."""
+    from lede_env.datasets.collection import _Interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with _Interrupts() as stop:
+        assert signal.getsignal(signal.SIGINT) is not before
+        os.kill(os.getpid(), signal.SIGINT)        # delivered here: must not raise
+        for _ in range(1000):
+            if stop.pending:
+                break
+        assert stop.pending
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_datasets_package_imports_no_torch_and_no_agents():
+    code = ("import sys, lede_env.datasets, lede_env.datasets.collection, lede_env.datasets.load\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'agents') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_recipe_env_arguments_are_checked(tiny_setup):
+    base = dict(env=env_kwargs(tiny_setup), behaviour={"kind": "random"}, episodes=2)
+    for bad, match in [(dict(lam=float("nan")), "lam must be finite"), (dict(lam="1"), "lam must be a number"),
+                       (dict(threads=0), "threads must be >= 1"), (dict(exit_layers=[0, 2]), "layer numbers >= 1"),
+                       (dict(max_new_tokens="64"), "max_new_tokens must be an integer"),
+                       (dict(spec_lengths=[0, 1.5]), "spec_lengths"), (dict(chat_template="yes"), "true or false"),
+                       (dict(backend="live", prompts="mixed:nope"), "unknown prompt set")]:
+        with pytest.raises(ValueError, match=match):
+            Recipe(**dict(base, env=dict(base["env"], **bad)))
+
+
+def test_replay_collection_loads_no_torch(tiny_setup, store):
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        from lede_env.datasets import Recipe, collect
+
+        class Ar:
+            name = "ar"
+            def predict(self, obs, state=None, episode_start=None, deterministic=True):
+                return np.array([0, 0]), None
+
+        collect(Recipe(**json.loads(sys.argv[1])), Ar(), progress=False)
+        print(sorted(m for m in ("torch", "transformers", "agents") if m in sys.modules))
+    """)
+    r = dict(env=env_kwargs(tiny_setup), behaviour={"kind": "autoregressive"}, episodes=3)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(r)], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, MINARI_DATASETS_PATH=str(store)))
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------ publishing races
+def _finished(root: Path, dataset_id: str, text: str) -> Path:
+    from lede_env.datasets import publish as pub
+
+    src = root / pub.temp_name(pub.PARTIAL_PREFIX) / dataset_id
+    src.mkdir(parents=True)
+    (src / "data.txt").write_text(text)
+    return src
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_publish_never_replaces_what_appeared(tmp_path, monkeypatch, renameat2):
+    from lede_env.datasets import publish as pub
+
+    if not renameat2:
+        monkeypatch.setattr(pub, "_libc", lambda: None)
+    root, did = tmp_path / "root", "lede/x-y/random-v0"
+    dst = root / did
+    for theirs in ("non-empty", "empty"):
+        dst.mkdir(parents=True)
+        if theirs == "non-empty":
+            (dst / "theirs.txt").write_text("theirs")
+        with pytest.raises(FileExistsError) as err:
+            pub.publish(_finished(root, did, "ours"), root, did, False, "d")
+        msg = str(err.value)
+        assert did in msg and str(dst) in msg and pub.PARTIAL_PREFIX not in msg, msg
+        assert [p.name for p in dst.iterdir()] == (["theirs.txt"] if theirs == "non-empty" else [])
+        shutil.rmtree(dst)
+    # Without renameat2, a folder appearing between the check and the rename: refused when it holds anything.
+    monkeypatch.setattr(pub, "_libc", lambda: None)
+    real_rename = os.rename
+
+    def racing(src, target):
+        if Path(target) == dst:
+            dst.mkdir(parents=True)
+            (dst / "theirs.txt").write_text("theirs")
+        return real_rename(src, target)
+
+    monkeypatch.setattr(pub.os, "rename", racing)
+    with pytest.raises(FileExistsError) as err:
+        pub.publish(_finished(root, did, "ours"), root, did, False, "d")
+    assert did in str(err.value) and pub.PARTIAL_PREFIX not in str(err.value) and (dst / "theirs.txt").is_file()
+
+
+def test_publish_keeps_the_old_dataset_when_the_rollback_fails(tmp_path, monkeypatch):
+    from lede_env.datasets import publish as pub
+
+    root, did = tmp_path / "root", "lede/x-y/random-v0"
+    dst = root / did
+    dst.mkdir(parents=True)
+    (dst / "data.txt").write_text("old")
+    # names of a dead process (so that clean_stale would remove what it cleans)
+    monkeypatch.setattr(pub, "temp_name", lambda prefix: f"{prefix}{pub.socket.gethostname()}-999999999-abcd1234")
+    monkeypatch.setattr(pub, "_pid_alive", lambda pid: False)
+    src = root / "incoming" / did
+    src.mkdir(parents=True)
+    (src / "data.txt").write_text("new")
+    real = pub._rename_noreplace
+
+    def racing(a, b):
+        if Path(a) == src:            # someone creates the dataset between moving the old one aside and this
+            dst.mkdir(parents=True)
+            (dst / "data.txt").write_text("theirs")
+        return real(a, b)
+
+    monkeypatch.setattr(pub, "_rename_noreplace", racing)
+    with pytest.raises(FileExistsError) as err:
+        pub.publish(src, root, did, True, "d")
+    old = err.value.old_data
+    assert str(old) in str(err.value) and did in str(err.value) and (old / "data.txt").read_text() == "old"
+    assert not old.name.startswith((pub.PARTIAL_PREFIX, pub.TRASH_PREFIX))
+    pub.clean_stale(root)
+    assert (old / "data.txt").read_text() == "old" and (dst / "data.txt").read_text() == "theirs"
+
+
+def test_write_errors_name_the_dataset_folder_not_the_hidden_one(tiny_setup, store, monkeypatch, capsys):
+    def disk_full(dataset_id, buffer, **kw):
+        where = Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id / "data" / "main_data.hdf5"
+        raise OSError(f"Unable to synchronously create file (unable to open file: name = '{where}', errno = 28, "
+                      "error message = 'No space left on device')")
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", disk_full)
+    did = "lede/tiny-random-prompts/random-v0"
+    with pytest.raises(OSError) as err:
+        collect_recipe(recipe(tiny_setup, behaviour={"kind": "random"}, episodes=2), progress=False)
+    msg, printed = str(err.value), capsys.readouterr().err
+    assert f"name = '{store.resolve() / did / 'data' / 'main_data.hdf5'}'" in msg and did in msg
+    assert ".lede-" not in msg and ".lede-" not in printed and not leftovers(store)
+
+
+def test_collect_checks_the_id_once_and_builds_the_env_config_once(tiny_setup, store, tmp_path, monkeypatch):
+    from lede_env.env import EnvConfig
+
+    counts = {"check_writable": 0, "EnvConfig": 0}
+    real_check, real_post = collection.check_writable, EnvConfig.__post_init__
+
+    def check(*a, **k):
+        counts["check_writable"] += 1
+        return real_check(*a, **k)
+
+    def post(self):
+        counts["EnvConfig"] += 1
+        return real_post(self)
+
+    monkeypatch.setattr(collection, "check_writable", check)
+    monkeypatch.setattr(EnvConfig, "__post_init__", post)
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent(f"""
+        episodes = 2
+        [env]
+        backend = "replay"
+        traces = {json.dumps(tiny_setup["traces"])}
+        profile = {json.dumps(tiny_setup["profile"])}
+        spec_lengths = {list(SPEC)}
+        [behaviour]
+        kind = "mixture"
+        [[behaviour.components]]
+        kind = "ar"
+        weight = 1
+    """))
+    ds = collect_from_recipe(path, progress=False)
+    assert ds.total_episodes == 2
+    assert counts == {"check_writable": 1, "EnvConfig": 2}    # the recipe's, and the environment's own
+
+
+def test_an_existing_dataset_is_refused_before_the_env_and_the_agent(tiny_setup, store, monkeypatch):
+    import lede_env.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the dataset id was checked")
+
+    monkeypatch.setattr(lede_env.models, "load_model", refuse)
+    live = Recipe(env=dict(model="tiny-random", prompts=tiny_setup["prompts"], chat_template=False,
+                           exit_heads="identity"), behaviour={"kind": "random"}, episodes=1, version=7)
+    (store / live.dataset_id_before_env("random")).mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="already exists"):
+        collect_recipe(live, progress=False)
+    r = recipe(tiny_setup, behaviour={"kind": "random"}, episodes=1)
+    collect_recipe(r, progress=False)
+
+    def factory(env):
+        raise AssertionError("the agent was built before the dataset id was checked")
+
+    with pytest.raises(FileExistsError, match="already exists"):
+        collect(r, factory, progress=False)

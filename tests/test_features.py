@@ -163,3 +163,16 @@ def test_observation_is_a_copy():
     ft.update(step(exit_layer=10, drafted=4, accepted=4, tokens=(1, 2, 3, 4, 5)), 8, 10)
     np.testing.assert_array_equal(a, a_before)
     np.testing.assert_array_equal(b, b_before)
+
+
+def test_two_exits_and_the_shortest_length_list():
+    """The edges of the normalisations: with two exits the second has fraction 1; with lengths (0, 1) a one-token
+    draft is the whole of ``last_drafted`` and two tokens fill ``last_tokens``."""
+    ft = FeatureTracker(ObservationLayout((3, 5), (0, 1), (2,), 10))
+    ft.reset(1, 10)
+    obs = ft.update(step(exit_layer=5, k=1, drafted=1, accepted=1, tokens=(1, 2), probe_cos=(0.5,)), 3, 10)
+    assert obs[0] == 1.0 and obs[1] == 1.0 and obs[3] == 1.0
+    ft = FeatureTracker(ObservationLayout((3, 5), (0,), (2,), 10))         # no drafts at all: kmax counts as 1
+    ft.reset(1, 10)
+    obs = ft.update(step(exit_layer=3, k=0, drafted=0, accepted=0, tokens=(1,), probe_cos=(0.5,)), 2, 10)
+    assert obs[1] == 0.0 and obs[3] == 0.5

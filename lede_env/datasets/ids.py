@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
-__all__ = ["dataset_id_for", "check_dataset_id", "NAME_RE"]
+__all__ = ["dataset_id_for", "dataset_id_from", "check_dataset_id", "NAME_RE"]
 
 NAME_RE = re.compile(r"[-_\w]+")
 
@@ -36,6 +36,12 @@ def source_of(env: gym.Env) -> tuple[str, str, str | None]:
         prompts = str(base.trace_meta.get("prompts", "traces"))
     else:
         model, prompts = base.config.model, base.config.prompts
+    return source_from(model, prompts)
+
+
+def source_from(model: str, prompts: str) -> tuple[str, str, str | None]:
+    """(model, prompt set, split) as dataset ids name them, from a model name or path and a prompt-set spec
+    (``"mixed:train"``, a .jsonl path)."""
     model = Path(model).name if ("/" in model or os.sep in model) else model
     spec, split = prompts, None
     m = re.fullmatch(r"(.*):(train|test|all)", prompts)
@@ -49,8 +55,17 @@ def source_of(env: gym.Env) -> tuple[str, str, str | None]:
 def dataset_id_for(env: gym.Env, behaviour: str, version: int = 0) -> str:
     """``lede/<model>-<promptset>[-<split>]/<behaviour>-v<version>`` (characters Minari does not allow become
     ``-``)."""
-    model, prompts, split = source_of(env)
-    source = _slug(f"{model}-{prompts}" + (f"-{split}" if split else ""))
-    dataset_id = f"lede/{source}/{_slug(behaviour)}-v{int(version)}"
+    return _dataset_id(source_of(env), behaviour, version)
+
+
+def dataset_id_from(model: str, prompts: str, behaviour: str, version: int = 0) -> str:
+    """`dataset_id_for` from the model and prompt set alone (a live environment's, known before it is made)."""
+    return _dataset_id(source_from(model, prompts), behaviour, version)
+
+
+def _dataset_id(source: tuple[str, str, str | None], behaviour: str, version: int) -> str:
+    model, prompts, split = source
+    name = _slug(f"{model}-{prompts}" + (f"-{split}" if split else ""))
+    dataset_id = f"lede/{name}/{_slug(behaviour)}-v{int(version)}"
     check_dataset_id(dataset_id)
     return dataset_id

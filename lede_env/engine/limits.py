@@ -22,3 +22,31 @@ def default_exit_layers(num_layers: int) -> tuple[int, ...]:
 def default_probe_layers(num_layers: int) -> tuple[int, ...]:
     """Probe layers at 1/4, 1/2, 3/4 and near the top of the stack."""
     return tuple(sorted({max(1, num_layers // 4), num_layers // 2, (3 * num_layers) // 4, num_layers - 2}))
+
+
+def parse_layers(spec, name: str = "layers") -> tuple[int, ...]:
+    """A layer list as a tuple: comma-separated text (``"4,8,12"``, the command line) or a sequence of integers.
+    ``ValueError`` (naming ``name``) unless it is non-empty, integers, distinct and each >= 1. The range check
+    needs the model's depth: `check_layer_range`."""
+    text = spec.split(",") if isinstance(spec, str) else spec
+    try:
+        if isinstance(text, (int, bytes)) or any(isinstance(x, (bool, float)) for x in text):
+            raise TypeError
+        layers = tuple(int(str(x).strip()) if isinstance(spec, str) else int(x) for x in text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be comma-separated layer numbers such as 4,8,12, got {spec!r}.") from None
+    if not layers or min(layers) < 1 or len(set(layers)) != len(layers):
+        raise ValueError(f"{name} must be distinct layer numbers >= 1, got {list(layers)}.")
+    return layers
+
+
+def check_layer_range(layers, num_layers: int, name: str = "exit layers", model: str | None = None
+                      ) -> tuple[int, ...]:
+    """``layers`` as a tuple if every one is an exit of a ``num_layers``-layer model (1 .. num_layers - 1; the last
+    layer is the full model), else ``ValueError`` naming ``name`` (and ``model``)."""
+    layers = tuple(int(x) for x in layers)
+    bad = [L for L in layers if not 1 <= L <= num_layers - 1]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range: {model or 'the model'} has {num_layers} layers, exits run "
+                         f"from 1 to {num_layers - 1}.")
+    return layers
