@@ -316,3 +316,20 @@ def test_oracle_summary_refuses_empty_and_keeps_oracle_above_static():
     ts = TraceSet(tuple(make_trace(50, [0.2, 0.6, 0.9], seed=s) for s in range(3)), {})
     s = oracle_summary(ts, table, SPEC, lam=0.5)
     assert s["oracle_speedup"] >= s["best_static_speedup"] > 0
+
+
+def test_best_static_and_evaluate_actions_skip_traces_without_steps():
+    """A trace that ends at its prefill (T == 1) has no steps: best static ignores it wherever it stands, and
+    replaying it gives zeros; an out-of-range action is refused."""
+    traces = [make_trace(40, [0.3, 0.8, 0.9], seed=s) for s in range(3)]
+    empty = make_trace(1, [0.3, 0.8, 0.9], seed=9)
+    table = make_costs(3, max(SPEC))
+    assert best_static([empty] + traces, table, SPEC) == best_static(traces, table, SPEC)
+    r = evaluate_actions(empty, table, SPEC, [])
+    assert (r.actions, r.episode_return, r.tokens, r.total_cost, r.speedup, r.steps) == ((), 0.0, 0, 0.0, 1.0, 0)
+    by_function = evaluate_actions(traces[0], table, SPEC, lambda t: (1, 2))
+    static = rollout_static(traces[0], table[:, :SPEC[2] + 1], 1, SPEC[2])
+    assert set(by_function.actions) == {(1, 2)} and by_function.steps == static.steps
+    assert by_function.total_cost == pytest.approx(static.total_cost)
+    with pytest.raises(ValueError):
+        evaluate_actions(traces[0], table, SPEC, lambda t: (0, len(SPEC)))
