@@ -4,7 +4,8 @@ In one run, interleaved so that every ratio compares paths under the same machin
   * plain greedy tokens/s (prefill included) of each path and of `model.generate(do_sample=False)`, and the
     ratio to generate measured prompt by prompt;
   * one static self-speculative setting per path (tokens/s and its speedup over the same path's plain greedy);
-  * a full-model verification of q = 1..13 positions (layers, final norm, LM head, argmax), ratio to q = 1;
+  * the decoder's verification of q = 1..13 positions (q - 1 drafts at exit 1: layer 0 on one position, the
+    others on q, one at a time on a stack that is not batch-invariant; final norm, LM head, argmax), ratio to q = 1;
   * one decoder layer at q = 1, the draft cost per exit layer, the LM head (norm, head, argmax) at q = 1, 13;
   * whether each path meets the engine-speed bar (plain greedy >= 2x generate; verify 13 <= 1.3x verify 1).
 Every path computes the LM head with its own kernels (`stack.logits`). The draft rows use the exit heads given

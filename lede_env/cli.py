@@ -248,7 +248,7 @@ def profile(model: str = typer.Option("smollm2-135m"), dtype: str = typer.Option
     saved = prof.save(out)
     typer.echo(f"path {prof.path}, heads {prof.exit_heads}")
     typer.echo(f"plain AR step {prof.c_ar * 1e3:.2f} ms; per layer {prof.layer_cost[0] * 1e3:.3f} ms; "
-               f"LM head {prof.head_cost[0] * 1e3:.2f} ms; verify 13/1 = {prof.verify_cost[-1] / prof.verify_cost[0]:.2f}")
+               f"LM head {prof.head_cost[0] * 1e3:.2f} ms; verify {prof.max_verify}/1 = {prof.verify_cost[-1] / prof.verify_cost[0]:.2f}")
     typer.echo("draft ms/token: " + ", ".join(f"L{L}={c * 1e3:.1f}" for L, c in prof.draft_cost.items()))
     typer.echo(f"saved {saved}")
 

@@ -264,6 +264,8 @@ class LEDEEnv(gym.Env):
             model = cfg.model if cfg.backend == "live" else self.trace_meta["model"]
             dtype = cfg.dtype if cfg.backend == "live" else self.trace_meta["dtype"]
             self.profile = find_profile(model, dtype, "cpu", cfg.threads or 2, cfg.engine_path, self.heads_kind)
+        if cfg.backend == "live":
+            self.profile.check_build(self.backend.decoder.stack.build)
         if self.profile.num_layers != self.num_layers:
             raise ValueError(f"The latency profile is for a {self.profile.num_layers}-layer model, this one has "
                              f"{self.num_layers}.")

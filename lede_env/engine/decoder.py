@@ -76,6 +76,7 @@ class Draft:
     probes: list[dict[int, torch.Tensor]]
     logits: list[torch.Tensor]
     time: float
+    committed: int = -1     # committed tokens when it was drafted (the decoder's state it belongs to)
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,14 +260,20 @@ class SelfSpeculativeDecoder:
                 token = int(self.pick(row)[0])
                 tokens.append(token)
         _sync(self.device)
-        return Draft(L, int(k), tokens, hidden, probes, logits, time.perf_counter() - t0)
+        return Draft(L, int(k), tokens, hidden, probes, logits, time.perf_counter() - t0, committed=len(self.tokens))
 
     def verify(self, draft: Draft, extra_probes: Sequence[int] = ()) -> Verification:
         """Phase 2: the full model over ``[x_n, d_1..d_k]``. Layers ``0..L-1`` already hold ``x_n, d_1..d_{k-1}``
         from drafting, so they process only ``d_k``; layers ``L..N-1`` process all ``k + 1`` positions from the
         saved layer-L states (one position at a time on a stack that is not batch-invariant, so that each
         position gets the bits of plain decoding). ``extra_probes``: more layers whose hidden states to keep."""
+        self._check_current(draft)
         L, N, k = draft.exit_layer, self.num_layers, len(draft.tokens)
+        for layer in extra_probes:
+            self._check_layer(layer, "probe layer")
+            if k > 0 and int(layer) <= L:
+                raise ValueError(f"Extra probe layer {layer} is at or below the draft's exit layer {L}: the drafts did "
+                                 "not keep it. Ask for it in the decoder's probe_layers, or verify a k = 0 step.")
         probe_set = tuple(sorted(set(self.probe_layers) | {int(x) for x in extra_probes}))
         _sync(self.device)
         t0 = time.perf_counter()
@@ -286,6 +293,7 @@ class SelfSpeculativeDecoder:
         """Phases 3 and 4: accept the longest agreeing prefix (greedy) or by the speculative-sampling rule, cut at
         EOS, append the produced tokens and crop every layer's cache to the committed length minus one; the
         step's features come from the committed prefix only."""
+        self._check_current(draft)
         drafts, k, full_logits = draft.tokens, len(draft.tokens), verification.logits
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -344,6 +352,11 @@ class SelfSpeculativeDecoder:
         if self.stack.batch_invariant:
             return self.logits(rows)
         return torch.cat([self.logits(rows[i:i + 1]) for i in range(rows.shape[0])])
+
+    def _check_current(self, draft: Draft) -> None:
+        if draft.committed != len(self.tokens) or self.done:
+            raise RuntimeError("This draft belongs to an earlier state of the decoder (a step was committed since, "
+                               "or a new generation started): draft again.")
 
     def rollback(self) -> None:
         """Drop what a `draft` or `verify` not followed by `commit` appended to the cache (profiling)."""

@@ -126,7 +126,7 @@ class FastLayerStack:
             raise ValueError("ops='native' (the C++ operations) runs on CPU in float32 or bfloat16; use ops='torch'.")
         self.ops = ops
         self._ops = fast_ops.load(required=True) if ops == "native" else None
-        native = self._ops is not None and self._ops.has_linear
+        native = self._ops is not None
         if kernel is None:
             if native:
                 kernel = "native"
@@ -148,6 +148,7 @@ class FastLayerStack:
         self.out_dtype = torch.promote_types(self.io_dtype, self.act_dtype)
         # the C++ operations with their products are batch-invariant by construction (module docstring)
         self.batch_invariant = self._ops is not None and kernel == "native"
+        self.build = f"native-{self._ops.isa}" if self.batch_invariant else f"{ops}-{kernel}"
         self.scale = self.head_dim ** -0.5
         self.eps = float(model.model.layers[0].input_layernorm.variance_epsilon)
         # dtype of the cache and the scores

@@ -29,7 +29,10 @@ def component_timers(decoder, exit_layers: Sequence[int], positions: Sequence[in
     confidence), ``"verify q=<q>"`` (`verify` of q positions with the accept bookkeeping; q - 1 drafts at exit 1,
     so layer 0 processes one position and the others q), ``"layers q=<q>"`` (all layers over q positions, as
     verification runs them) and ``"head q=<q>"`` (final norm, LM head, argmax, confidence over q rows).
-    The decoder is started on a random prompt of ``context`` tokens."""
+    The decoder is started on a random prompt of ``context`` tokens (ending any generation in progress); run the
+    timers before stepping it again."""
+    if not positions or min(positions) < 1:
+        raise ValueError(f"positions must be a non-empty list of counts >= 1, got {list(positions)}.")
     import torch
 
     from lede_env.engine.decoder import Draft, confidence
@@ -49,9 +52,10 @@ def component_timers(decoder, exit_layers: Sequence[int], positions: Sequence[in
         return run
 
     def positions_of(q: int):
-        h0 = torch.randn(1, q, model.config.hidden_size, dtype=out_dtype, device=dev, generator=None)
-        fake = Draft(exit_layer=1, k_requested=q - 1, tokens=prompt[1:q], hidden=[h0[:, i:i + 1] for i in range(q - 1)],
-                     probes=[{} for _ in range(q - 1)], logits=[], time=0.0)
+        h0 = torch.randn(1, q, model.config.hidden_size, dtype=out_dtype, device=dev)
+        fake = Draft(exit_layer=1, k_requested=q - 1, tokens=[prompt[0]] * (q - 1),
+                     hidden=[h0[:, i:i + 1] for i in range(q - 1)], probes=[{} for _ in range(q - 1)], logits=[],
+                     time=0.0, committed=len(decoder.tokens))
 
         def verify():
             v = decoder.verify(fake)
@@ -111,5 +115,5 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
         model=model_name, dtype=str(dtype).removeprefix("torch."), device=dev.type, threads=torch.get_num_threads(),
         path=decoder.path, exit_heads=heads_label(decoder.heads), num_layers=N, draft_cost=draft_cost,
         verify_cost=tuple(verify_cost), layer_cost=tuple(layer_cost), head_cost=tuple(head_cost), context=context,
-        cpu=cpu_signature(), meta={"repeats": repeats, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        cpu=cpu_signature(), build=decoder.stack.build, meta={"repeats": repeats, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                    "torch": torch.__version__})

@@ -2,9 +2,11 @@
 
 Measured (medians over repeats, at a realistic context length):
   draft_cost[L]    one draft token at exit layer L: embedding, layers 0..L-1, exit head, norm, LM head, pick
-  verify_cost[q]   a full-model forward over q = 1..Q positions plus norm, LM head and the accept bookkeeping
-  layer_cost[q]    one decoder layer over q positions (the stack's time divided by its depth)
-  head_cost[q]     final norm + LM head + confidences over q positions
+  verify_cost[q]   the decoder's verification of q = 1..Q positions (q - 1 drafts at exit 1: layer 0 on one
+                   position, the others on q) plus the accept bookkeeping
+  layer_cost[q]    one decoder layer over q positions as verification runs them (the stack's time divided by its
+                   depth; one position at a time on a stack that is not batch-invariant)
+  head_cost[q]     final norm + LM head + confidences over q positions (the same way)
 From them the cost of a step at exit L that drafted d tokens is modelled as
 
   step_cost(L, d) = d * draft_cost[L] + L * layer_cost[1] + (N - L) * layer_cost[d + 1] + head_cost[d + 1]
@@ -12,7 +14,9 @@ From them the cost of a step at exit L that drafted d tokens is modelled as
   step_cost(L, 0) = verify_cost[1]        (a plain autoregressive step; this is c_ar)
 
 where ``overhead = verify_cost[1] - N * layer_cost[1] - head_cost[1]`` (embedding, crop, Python). The profile
-gives deterministic, reproducible costs for replay, training and tests; `lede profile` measures it.
+gives deterministic, reproducible costs for replay, training and tests; `lede profile` measures it. It records the
+CPU (`cpu`) and the build of the layer stack (`build`: "eager", "native-avx512", "native-portable", "torch-...")
+it was measured with; a live environment whose stack is another build, or any use on another CPU, warns.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class LatencyProfile:
     head_cost: tuple[float, ...]       # index q-1 -> seconds for norm + LM head over q positions
     context: int = 0                   # context length the costs were measured at
     cpu: str = UNKNOWN_CPU             # `cpu_signature()` of the machine it was measured on
+    build: str = "unknown"             # the layer stack's `build` (which kernels) it was measured on
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,16 @@ class LatencyProfile:
                       "cost_model='wallclock'.", StaleProfileWarning, stacklevel=3)
         return False
 
+    def check_build(self, build: str) -> bool:
+        """Warn when the layer stack that will run (``build``, `stack.build`) is not the one this profile measured:
+        the AVX-512, portable and torch builds of one path differ several-fold in cost."""
+        if self.build == build:
+            return True
+        warnings.warn(f"The latency profile {self.key} was measured on the {self.build!r} build of the layer stack; "
+                      f"this engine runs {build!r}. Measure one for it with `lede profile --path {self.path}` "
+                      "(about a minute).", StaleProfileWarning, stacklevel=3)
+        return False
+
 
 class StaleProfileWarning(UserWarning):
     """A latency profile measured on another CPU is in use."""
@@ -166,7 +181,7 @@ def profile_key(model: str, dtype: str, device: str, threads: int, path: str = "
 def find_profile(model: str, dtype: str = "float32", device: str = "cpu", threads: int = 2, path: str = "auto",
                  exit_heads: str = "identity") -> LatencyProfile:
     """The user's measured profile for this key, else the one shipped in the package, else a clear error.
-    ``path="auto"`` looks up the path the engine would run by default (`lede_env.engine.stack.resolve_path`)."""
+    ``path="auto"`` looks up the path the engine would run by default (`lede_env.engine.path_names.resolve_path`)."""
     from lede_env.engine.path_names import resolve_path
 
     path = resolve_path(path, device, dtype)

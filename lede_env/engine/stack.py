@@ -9,6 +9,8 @@ path (static cache, fused weights, compiled layers) plugs in without touching th
     logits(h)                          final norm + LM head on h [..., hidden], in the model's dtype
     set_draft_vocab(ids)               prepare a small LM head over the token ids ``ids`` (drafts only)
     draft_logits(h)                    final norm + that small head: logits over ``ids`` [..., len(ids)]
+    build                              which kernels run: "eager", "native-avx512", "native-portable",
+                                       "torch-<kernel>" (latency profiles record it)
     batch_invariant                    True when ``run`` over q positions gives each position the bits of q
                                        one-position runs (by construction); the decoder verifies one position
                                        at a time on a stack where it is False, so decoding is exact on every path
@@ -44,6 +46,7 @@ class HFLayerStack:
     """The reference path ("eager"): transformers' own Llama decoder layers over a `DynamicCache`."""
 
     name = "eager"
+    build = "eager"
     batch_invariant = False   # transformers' kernels for one row and for several sum in other orders
 
     def __init__(self, model):

@@ -253,3 +253,13 @@ def test_load_recovers_from_a_stale_lock(tmp_path):
                          env=env, timeout=240)
     assert "LOADED True" in out.stdout and "STALE LOCK LEFT False" in out.stdout, out.stdout + out.stderr
     assert "stopped part-way" in out.stderr
+
+
+def test_the_build_is_the_one_asked_for(ops):
+    """``LEDE_FAST_OPS=portable`` builds the portable loops (what CPUs without AVX-512 run); otherwise the AVX-512
+    kernels are built where the CPU has them."""
+    if os.environ.get("LEDE_FAST_OPS") == "portable":
+        assert ops.isa == "portable"
+    else:
+        flags = fast_ops._cpu_flags()
+        assert ops.isa == ("avx512" if " avx512f" in flags and " avx512bw" in flags else "portable")

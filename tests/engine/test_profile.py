@@ -72,3 +72,24 @@ def test_shipped_profiles_say_which_cpu_measured_them():
         p = find_profile("smollm2-135m", "float32", "cpu", 2, "fast", "kl+vocab")
     assert p.cpu and p.cpu != "unknown"
     assert (p.cpu == cpu_signature()) == (not any(issubclass(w.category, StaleProfileWarning) for w in caught))
+
+
+def test_profile_records_its_build_and_a_live_env_on_another_build_warns(tiny_setup, tmp_path):
+    """A profile stores which build of the layer stack measured it; a live environment running another build
+    (the AVX-512, portable and torch builds of one path differ several-fold) warns and names `lede profile`."""
+    from lede_env.engine.decoder import SelfSpeculativeDecoder
+    from lede_env.models import load_model
+
+    data = json.loads(open(tiny_setup["profile"]).read())
+    model, _ = load_model("tiny-random")
+    assert data["build"] == SelfSpeculativeDecoder(model).stack.build != "unknown"
+    data["build"] = "some-other-build"
+    other = tmp_path / "other-build.json"
+    other.write_text(json.dumps(data))
+    kw = dict(model="tiny-random", prompts=tiny_setup["prompts"], exit_heads="identity", chat_template=False,
+              spec_lengths=TINY_SPEC, exit_layers=(1, 2), max_new_tokens=8)
+    with pytest.warns(StaleProfileWarning, match="'some-other-build' build.*lede profile"):
+        gym.make("LEDE-v0", profile=str(other), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleProfileWarning)
+        gym.make("LEDE-v0", profile=tiny_setup["profile"], **kw)

@@ -257,3 +257,48 @@ def test_verification_gives_plain_decodings_bits(tiny, path, exit_layer, k):
         assert torch.equal(one.hidden[0, 0], verified.hidden[0, i]), (path, i)
         if i < k:
             plain.tokens.append(draft.tokens[i])   # teacher-force the draft: the next pending token
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_verification_runs_one_position_at_a_time_exactly_where_the_stack_is_not_batch_invariant(tiny, path):
+    """The mechanism behind the bits above, seen directly: during `verify`, a batch-invariant stack runs the upper
+    layers once over all k + 1 positions; any other stack runs them one position per call."""
+    model, _ = tiny
+    dec = _decoder(model, path)
+    dec.start(PROMPT, 60)
+    draft = dec.draft(2, 4)
+    calls = []
+    run = dec.stack.run
+    dec.stack.run = lambda h, start, stop, probes=(): (calls.append((start, stop, h.shape[1])), run(h, start, stop, probes))[1]
+    try:
+        dec.verify(draft)
+    finally:
+        dec.stack.run = run
+    upper = [q for start, stop, q in calls if start == 2]
+    assert calls[0] == (0, 2, 1)                                   # the last draft through the lower layers
+    assert upper == ([5] if dec.stack.batch_invariant else [1] * 5)
+
+
+def test_rollback_and_stale_drafts(tiny):
+    """`rollback` undoes an uncommitted draft and verification; a draft from an earlier state is refused; extra
+    probes of a verification must be layers the drafts kept."""
+    model, _ = tiny
+    dec = _decoder(model, "fast")
+    dec.start(PROMPT, 60)
+    before = dec.cache_lengths()
+    draft = dec.draft(3, 4)
+    dec.verify(draft)
+    assert dec.cache_lengths() != before
+    dec.rollback()
+    assert dec.cache_lengths() == before == [len(dec.tokens) - 1] * dec.num_layers
+    first = dec.draft(3, 2)
+    dec.commit(first, dec.verify(first))
+    with pytest.raises(RuntimeError, match="earlier state"):
+        dec.verify(first)
+    fresh = dec.draft(3, 2)
+    with pytest.raises(ValueError, match="at or below the draft's exit layer"):
+        dec.verify(fresh, extra_probes=(2,))
+    with pytest.raises(ValueError, match="out of range"):
+        dec.verify(fresh, extra_probes=(dec.num_layers,))
+    dec.commit(fresh, dec.verify(fresh, extra_probes=(5,)))
+    assert dec.cache_lengths() == [len(dec.tokens) - 1] * dec.num_layers

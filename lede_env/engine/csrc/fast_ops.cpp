@@ -184,8 +184,8 @@ torch::Tensor rope_append(const torch::Tensor& qkv, torch::Tensor& kc, torch::Te
 }
 
 // LEDE_AVX512: the AVX-512 kernels (attention, products). Built with -march=native, so where the CPU has
-// AVX-512F; LEDE_PORTABLE (LEDE_FAST_OPS=portable) builds the portable loops alone, as on AVX2 or ARM CPUs.
-#if defined(__AVX512F__) && !defined(LEDE_PORTABLE)
+// AVX-512F and BW; LEDE_PORTABLE (LEDE_FAST_OPS=portable) builds the portable loops alone, as on AVX2 or ARM CPUs.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(LEDE_PORTABLE)
 #define LEDE_AVX512 1
 #include <immintrin.h>
 constexpr const char* ISA = "avx512";
@@ -550,7 +550,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.attr("has_linear") = true;
   m.attr("isa") = ISA;
   m.def("linear", &linear, "x @ w.T, x fp32, w fp32 or bf16, batch-invariant");
 
