@@ -79,7 +79,7 @@ def fit_kl(model, data: HiddenData, init: ExitHeads, layers: Iterable[int] | Non
         w = model.lm_head.weight[ids].detach()
         bias = model.lm_head.bias[ids].detach() if getattr(model.lm_head, "bias", None) is not None else None
         norm = model.model.norm
-        readout = lambda h: nn.functional.linear(norm(h), w, bias)
+        readout = lambda h: nn.functional.linear(norm(h), w, bias)  # noqa: E731
     elif vocab != "full":
         raise ValueError(f"vocab must be 'full' or 'active', got {vocab!r}.")
     g = torch.Generator().manual_seed(seed)
