@@ -41,6 +41,19 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     return root
 
+def replay_recipe(path, tiny_setup, head: str, behaviour: str):
+    """Write a recipe TOML over the tiny replay traces: ``head`` (top-level keys), the ``[env]`` table of the
+    tiny setup, then ``behaviour`` (the ``[behaviour]`` table and its components). Returns ``path``."""
+    path.write_text(textwrap.dedent(head) + textwrap.dedent(f"""
+        [env]
+        backend = "replay"
+        traces = {json.dumps(tiny_setup["traces"])}
+        profile = {json.dumps(tiny_setup["profile"])}
+        spec_lengths = {list(SPEC)}
+    """) + textwrap.dedent(behaviour))
+    return path
+
+
 
 def env_kwargs(setup, **kw):
     return dict(dict(backend="replay", traces=setup["traces"], profile=setup["profile"], spec_lengths=list(SPEC)),
@@ -397,18 +410,13 @@ def test_one_ctrl_c_always_stops_collect(tiny_setup, tmp_path):
     from lede_env.datasets.publish import datasets_path
 
     episodes = 300
-    recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text(textwrap.dedent(f"""
+    recipe_path = replay_recipe(tmp_path / "r.toml", tiny_setup, f"""
         episodes = {episodes}
         seed = 0
-        [env]
-        backend = "replay"
-        traces = {json.dumps(tiny_setup["traces"])}
-        profile = {json.dumps(tiny_setup["profile"])}
-        spec_lengths = {list(SPEC)}
+    """, """
         [behaviour]
         kind = "random"
-    """))
+    """)
     dataset_id = "lede/tiny-random-prompts/random-v0"
 
     def start(store):
@@ -625,20 +633,15 @@ def test_collect_checks_the_id_once_and_builds_the_env_config_once(tiny_setup, s
 
     monkeypatch.setattr(collection, "check_writable", check)
     monkeypatch.setattr(EnvConfig, "__post_init__", post)
-    path = tmp_path / "r.toml"
-    path.write_text(textwrap.dedent(f"""
+    path = replay_recipe(tmp_path / "r.toml", tiny_setup, """
         episodes = 2
-        [env]
-        backend = "replay"
-        traces = {json.dumps(tiny_setup["traces"])}
-        profile = {json.dumps(tiny_setup["profile"])}
-        spec_lengths = {list(SPEC)}
+    """, """
         [behaviour]
         kind = "mixture"
         [[behaviour.components]]
         kind = "ar"
         weight = 1
-    """))
+    """)
     ds = collect_from_recipe(path, progress=False)
     assert ds.total_episodes == 2
     assert counts == {"check_writable": 1, "EnvConfig": 2}    # the recipe's, and the environment's own
