@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from lede_env.backends.base import BackendStep
-from lede_env.engine.limits import default_exit_layers, default_probe_layers  # noqa: F401  (public defaults)
+from lede_env.engine.limits import check_layer_range, default_exit_layers, default_probe_layers  # noqa: F401
 from lede_env.features import FeatureTracker, ObservationLayout
 from lede_env.render import LEGEND, mark_text, token_kinds, token_pieces
 from lede_env.reward import step_reward
@@ -204,7 +204,7 @@ class LEDEEnv(gym.Env):
                               probe_layers=cfg.probe_layers, max_context=cfg.max_context,
                               chat_template=cfg.chat_template, threads=cfg.threads)
         N = setup.num_layers
-        self.exit_layers = self._check_layers(cfg.exit_layers or default_exit_layers(N), N, "exit_layers")
+        self.exit_layers = check_layer_range(cfg.exit_layers or default_exit_layers(N), N, "exit_layers", cfg.model)
         self.probe_layers = setup.decoder.probe_layers
         self.heads = setup.heads
         for L in self.exit_layers:
@@ -244,13 +244,6 @@ class LEDEEnv(gym.Env):
         self.backend = ReplayBackend(traces, self.exit_layers)
         self.prompt_list = None
         self.max_new_tokens = int(meta["max_new_tokens"])
-
-    @staticmethod
-    def _check_layers(layers: Sequence[int], N: int, name: str) -> tuple[int, ...]:
-        bad = [L for L in layers if not 1 <= L <= N - 1]
-        if bad:
-            raise ValueError(f"{name} {bad} out of range: this model has {N} layers, exits run from 1 to {N - 1}.")
-        return tuple(layers)
 
     def _cost_of_ar(self) -> float:
         cfg = self.config

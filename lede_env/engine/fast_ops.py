@@ -45,15 +45,10 @@ _STATE: dict[str, object] = {}
 
 
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):   # x86, ARM
-                return line
-    except OSError:
-        pass
-    import platform
+    """The CPU's flags, part of the build's key (it is built with ``-march=native``)."""
+    from lede_env.engine.profile import cpu_flags
 
-    return platform.processor() or platform.machine()
+    return cpu_flags()
 
 
 def build_dir() -> Path:

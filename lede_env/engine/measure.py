@@ -88,8 +88,10 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
     import torch
     from tqdm import tqdm
 
+    from lede_env.engine.decoder import _sync
+
     dev, N = decoder.device, decoder.num_layers
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # noqa: E731
+    sync = lambda: _sync(dev)  # noqa: E731
     qs = range(1, max_verify + 1)
     timers = component_timers(decoder, exit_layers, qs, context)
     draft_cost, verify_cost, layer_cost, head_cost = {}, [], [], []

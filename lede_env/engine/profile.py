@@ -37,16 +37,27 @@ PROFILE_VERSION = 1
 UNKNOWN_CPU = "unknown"
 
 
+def cpu_flags() -> str:
+    """The CPU's instruction-set flags line of /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM), else
+    `platform`'s processor name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_signature() -> str:
     """What this machine's CPU is, as far as it sets the costs: model name, cores, L3 size and AVX-512
     (from /proc/cpuinfo and sysfs on Linux, `platform` elsewhere). Profiles store it (`LatencyProfile.cpu`)."""
-    name, flags = platform.processor() or platform.machine(), ""
+    name, flags = platform.processor() or platform.machine(), cpu_flags()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+            if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = line
+                break
     except OSError:
         pass
     try:
