@@ -1,10 +1,17 @@
 """Agents for LEDE gym, all with the stable-baselines3 ``predict(obs, state, episode_start, deterministic)``
-signature (`agents.base.Agent`). Baselines and behaviour policies: `agents.baselines`; a dataset recipe's behaviour
-agent and its collection (``lede collect``): `agents.behaviour`."""
+signature (`agents.base.Agent`), saved with ``agent.save(folder)`` and rebuilt with ``agents.load(folder, env)``.
 
-from agents.base import ActionLists, Agent, action_lists
-from agents.baselines import (AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent, RandomAgent, StaticAgent,
+Families: `agents.baselines` (random, autoregressive, static, best static, mixtures), `agents.oracle` (the
+hindsight ceiling, replay only), the published speculation heuristics (`agents.hf`, `agents.stopping`,
+`agents.layer_choice`, `agents.bandit`); `agents.zoo` builds any of them by name; `agents.behaviour` turns a
+dataset recipe's behaviour into an agent and collects its dataset (``lede collect``).
+"""
+
+from agents.base import KINDS, ActionLists, Agent, EnvSpec, action_lists, env_spec, load, register
+from agents.baselines import (AutoregressiveAgent, BestStaticAgent, MixtureAgent, RandomAgent, StaticAgent,
                               behaviour_name, check_behaviour_spec, make_behaviour)
+from agents.oracle import OracleAgent
 
-__all__ = ["Agent", "ActionLists", "action_lists", "RandomAgent", "AutoregressiveAgent", "StaticAgent",
-           "EpsilonOracleAgent", "MixtureAgent", "make_behaviour", "check_behaviour_spec", "behaviour_name"]
+__all__ = ["Agent", "ActionLists", "EnvSpec", "action_lists", "env_spec", "load", "register", "KINDS",
+           "RandomAgent", "AutoregressiveAgent", "StaticAgent", "BestStaticAgent", "OracleAgent", "MixtureAgent",
+           "make_behaviour", "check_behaviour_spec", "behaviour_name"]

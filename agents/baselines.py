@@ -1,6 +1,6 @@
-"""Baseline and behaviour policies: uniform random, autoregressive, static ``(L, k)``, the epsilon-noised
-oracle (replay only) and mixtures of these, all with the stable-baselines3 ``predict`` signature
-(`agents.base.Agent`).
+"""Baseline and behaviour policies: uniform random, autoregressive, static ``(L, k)``, the best static setting
+found on training traces, and mixtures; with the epsilon-noised oracle (`agents.oracle`), the behaviour policies of
+the datasets. All have the stable-baselines3 ``predict`` signature (`agents.base.Agent`).
 
 Behaviour specs (the ``[behaviour]`` table of a dataset recipe, JSON-safe dicts) build them with
 `make_behaviour`::
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from agents.base import Agent, action_lists
+from agents.base import Agent, action_lists, agent_class, env_spec, register
+from agents.oracle import OracleAgent
 
-__all__ = ["RandomAgent", "AutoregressiveAgent", "StaticAgent", "EpsilonOracleAgent", "MixtureAgent",
+__all__ = ["RandomAgent", "AutoregressiveAgent", "StaticAgent", "BestStaticAgent", "MixtureAgent",
            "make_behaviour", "check_behaviour_spec", "behaviour_name", "KINDS"]
 
 KINDS = ("random", "autoregressive", "static", "oracle", "mixture")
@@ -36,107 +38,117 @@ _KEYS = {"random": set(), "autoregressive": set(), "static": {"exit_layer", "k"}
 
 
 # ------------------------------------------------------------------------------------------ agents
+@register
 class RandomAgent(Agent):
-    """Uniform over ``MultiDiscrete([J, K])`` (independent exit and length indices), seeded. It has no mode:
-    it samples whatever ``deterministic`` says."""
+    """Uniform over the action space (independent indices), seeded. It has no mode: it samples whatever
+    ``deterministic`` says."""
 
-    name = "random"
+    kind = "random"
 
     def __init__(self, env, seed: int | None = None):
-        self.lists = action_lists(env)
+        self.bind(env)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def _act(self, observation, deterministic):
-        J, K = self.lists.nvec
-        return np.array([self.rng.integers(J), self.rng.integers(K)], dtype=np.int64)
+        return np.array([self.rng.integers(n) for n in self.lists.nvec], dtype=np.int64)
+
+    def arguments(self) -> dict:
+        return {"seed": self.seed}
 
 
+@register
 class StaticAgent(Agent):
     """The same ``(exit_layer, k)`` at every step, given as *values* (``exit_layer=24, k=3``) and mapped to the
-    environment's indices. ``k = 0`` is plain autoregressive decoding (the exit layer is then irrelevant)."""
+    environment's indices (with stop rules: the rule ``"none"``). ``k = 0`` is plain autoregressive decoding (the
+    exit layer is then irrelevant)."""
 
-    name = "static"
+    kind = "static"
 
     def __init__(self, env, exit_layer: int, k: int):
-        self.lists = action_lists(env)
+        lists = self.bind(env)
         self.exit_layer, self.k = int(exit_layer), int(k)
-        self.action = np.array([self.lists.exit_index(exit_layer), self.lists.length_index(k)], dtype=np.int64)
+        self.action = lists.action(lists.exit_index(exit_layer), lists.length_index(k))
+
+    @property
+    def name(self) -> str:
+        return f"static-L{self.exit_layer}-k{self.k}"
 
     def _act(self, observation, deterministic):
         return self.action.copy()
 
-    def config(self) -> dict:
-        return {"kind": self.name, "exit_layer": self.exit_layer, "k": self.k}
+    def arguments(self) -> dict:
+        return {"exit_layer": self.exit_layer, "k": self.k}
 
 
+@register
 class AutoregressiveAgent(StaticAgent):
     """``k = 0`` at every step: plain greedy decoding, the speedup-1.0 reference (first exit index)."""
 
-    name = "autoregressive"
+    kind = "autoregressive"
 
     def __init__(self, env):
         lists = action_lists(env)
-        super().__init__(lists, lists.exit_layers[0], 0)
+        super().__init__(env, lists.exit_layers[0], 0)
 
-    def config(self) -> dict:
-        return {"kind": self.name}
+    @property
+    def name(self) -> str:
+        return "autoregressive"
 
-
-class EpsilonOracleAgent(Agent):
-    """The hindsight oracle (`lede_env.oracle.OracleAgent`) with probability ``epsilon`` of a uniform random
-    action per step (only when ``deterministic=False``). Replay backend only.
-
-    It needs the episode's trace and position, which the observation does not carry: call ``reset(info)``
-    after ``env.reset`` and ``observe(info)`` after each ``env.step`` (the collector does). The position is
-    ``len(info["generated_ids"]) - 1`` (the pending token); the prompt is ``info["prompt_index"]``, the index
-    of the trace in the environment's trace set. Off the optimal path (after a random action) it plays the
-    DP policy from wherever the episode is, so it is optimal from there on.
-    """
-
-    name = "oracle"
-
-    def __init__(self, env, epsilon: float = 0.0, seed: int | None = None):
-        from lede_env.oracle import OracleAgent
-
-        if not 0.0 <= float(epsilon) <= 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}.")
-        base = env.unwrapped
-        if getattr(base.config, "backend", None) != "replay":
-            raise ValueError("The oracle needs the replay backend (a trace per prompt): make the environment with "
-                             "backend='replay', traces=...")
-        self.lists = action_lists(env)
-        self.epsilon = float(epsilon)
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        traces = [_restrict(tr, self.lists.exit_layers, i) for i, tr in enumerate(base.backend.traces.traces)]
-        table = base.profile.cost_table(self.lists.exit_layers, max(self.lists.spec_lengths))
-        self.oracle = OracleAgent(traces, table, self.lists.spec_lengths, lam=base.config.lam)
-        self.position: int | None = None
-
-    def reset(self, info: dict) -> None:
-        self.oracle.reset(int(info["prompt_index"]))
-        self.position = len(info["generated_ids"]) - 1
-
-    def observe(self, info: dict) -> None:
-        self.position = len(info["generated_ids"]) - 1
-
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        if np.asarray(observation).ndim != 1:
-            raise ValueError("EpsilonOracleAgent drives a single environment: give one observation, not a batch.")
-        if self.position is None:
-            raise RuntimeError("EpsilonOracleAgent needs the episode's prompt and position: call "
-                               "agent.reset(info) after env.reset and agent.observe(info) after each env.step.")
-        if not deterministic and self.epsilon > 0 and self.rng.random() < self.epsilon:
-            J, K = self.lists.nvec
-            return np.array([self.rng.integers(J), self.rng.integers(K)], dtype=np.int64), state
-        action, _ = self.oracle.predict(observation, position=self.position)
-        return np.asarray(action, dtype=np.int64), state
-
-    def config(self) -> dict:
-        return {"kind": self.name, "epsilon": self.epsilon}
+    def arguments(self) -> dict:
+        return {}
 
 
+@register
+class BestStaticAgent(StaticAgent):
+    """The best fixed ``(L, k)`` on training traces: LayerSkip's sweep (Elhoushi et al. 2024, "LayerSkip: Enabling
+    Early Exit Inference and Self-Speculative Decoding", section 5: a grid over exit layer and number of
+    speculations). `fit` runs the grid search (`lede_env.oracle.best_static`: the highest token-weighted speedup
+    under the environment's cost table, ties to the shorter ``k``) over the traces of a *training* split; the
+    agent then plays that setting. Saved, it keeps the choice and where it was fitted."""
+
+    kind = "best-static"
+
+    def __init__(self, env, exit_layer: int, k: int, fitted_on: str = "", train_speedup: float | None = None):
+        super().__init__(env, exit_layer, k)
+        self.fitted_on = str(fitted_on)
+        self.train_speedup = None if train_speedup is None else float(train_speedup)
+
+    @property
+    def name(self) -> str:
+        return "best-static"
+
+    @classmethod
+    def fit(cls, env, traces, fitted_on: str = "") -> "BestStaticAgent":
+        """Grid-search ``traces`` (a `lede_env.traces.TraceSet`, a path or a list of traces recorded with the
+        environment's exit layers among theirs) under ``env``'s cost table."""
+        from lede_env.oracle import best_static
+
+        spec = env_spec(env)
+        if spec.cost_table is None:
+            raise ValueError("best-static needs the profiled cost table (cost_model='profile').")
+        trs = _training_traces(traces, spec.exit_layers)
+        j, kidx, speed = best_static(trs, spec.cost_table, spec.spec_lengths)
+        return cls(env, spec.exit_layers[j], spec.spec_lengths[kidx], fitted_on=fitted_on or str(traces),
+                   train_speedup=speed)
+
+    def arguments(self) -> dict:
+        return {"exit_layer": self.exit_layer, "k": self.k, "fitted_on": self.fitted_on,
+                "train_speedup": self.train_speedup}
+
+
+def _training_traces(traces, exit_layers):
+    from lede_env.traces import TraceSet
+
+    from agents.oracle import _restrict
+
+    if isinstance(traces, (str, Path)):
+        traces = TraceSet.load(traces)
+    trs = list(traces.traces if isinstance(traces, TraceSet) else traces)
+    return [_restrict(tr, tuple(exit_layers), i) for i, tr in enumerate(trs)]
+
+
+@register
 class MixtureAgent(Agent):
     """Picks one component per episode (probabilities ``weights``, normalised; seeded) and acts with it.
 
@@ -144,7 +156,7 @@ class MixtureAgent(Agent):
     call, or one with a true ``episode_start``). ``component`` is the index of the current component.
     ``reset``/``observe`` are forwarded to the current component."""
 
-    name = "mixture"
+    kind = "mixture"
 
     def __init__(self, components: Sequence[Agent], weights: Sequence[float] | None = None,
                  seed: int | None = None):
@@ -155,6 +167,7 @@ class MixtureAgent(Agent):
             raise ValueError(f"Mixture weights must be {len(components)} non-negative numbers with a positive "
                              f"sum, got {list(weights) if weights is not None else None}.")
         self.components = list(components)
+        self.spec = self.components[0].spec
         self.weights = w / w.sum()
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -179,21 +192,19 @@ class MixtureAgent(Agent):
         self._fresh = False
         return self.components[self.component].predict(observation, state, episode_start, deterministic)
 
+    def arguments(self) -> dict:
+        return {"components": [dict(c.config(), weight=float(w)) for c, w in zip(self.components, self.weights)],
+                "seed": self.seed}
+
     def config(self) -> dict:
-        return {"kind": self.name, "components": [dict(c.config(), weight=float(w))
-                                                  for c, w in zip(self.components, self.weights)]}
+        return {"kind": self.kind, "components": self.arguments()["components"]}
 
-
-def _restrict(trace, exit_layers: tuple[int, ...], index: int):
-    """The trace seen by an environment with ``exit_layers`` (a subset of the recorded ones) whose prompt
-    ``index`` it is: the oracle's exit columns must be the environment's."""
-    from dataclasses import replace
-
-    if tuple(trace.exit_layers) == tuple(exit_layers) and trace.prompt_index == index:
-        return trace
-    cols = [trace.layer_index(L) for L in exit_layers]
-    return replace(trace, prompt_index=index, exit_layers=tuple(exit_layers),
-                   draft_tokens=trace.draft_tokens[:, cols], draft_maxprob=trace.draft_maxprob[:, cols])
+    @classmethod
+    def from_arguments(cls, env, arguments: dict) -> "MixtureAgent":
+        comps = arguments["components"]
+        agents = [agent_class(c["kind"]).from_arguments(env, {k: v for k, v in c.items()
+                                                              if k not in ("kind", "weight")}) for c in comps]
+        return cls(agents, [c["weight"] for c in comps], seed=arguments.get("seed"))
 
 
 # ------------------------------------------------------------------------------------------ specs
@@ -257,7 +268,7 @@ def _build(spec: dict, env, ss: np.random.SeedSequence) -> Agent:
     if kind == "static":
         return StaticAgent(env, spec["exit_layer"], spec["k"])
     if kind == "oracle":
-        return EpsilonOracleAgent(env, spec["epsilon"], seed=_child(ss))
+        return OracleAgent(env, spec["epsilon"], seed=_child(ss))
     comps = spec["components"]
     children = ss.spawn(len(comps) + 1)
     agents = [_build({k: v for k, v in c.items() if k != "weight"}, env, s) for c, s in zip(comps, children)]

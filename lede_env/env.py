@@ -43,6 +43,7 @@ class EnvConfig:
     threads: int | None = None
     max_context: int | None = None
     text_in_info: bool | None = None
+    stop_rules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "prompts", "exit_heads"):   # names, or paths (a local model, a .jsonl, heads)
@@ -104,6 +105,10 @@ class EnvConfig:
             raise ValueError(f"spec_lengths must be distinct integers >= 0, got {self.spec_lengths}.")
         if self.exit_layers is not None and len(set(self.exit_layers)) != len(self.exit_layers):
             raise ValueError(f"exit_layers must be distinct, got {self.exit_layers}.")
+        if self.stop_rules is not None:
+            from lede_env.engine.stop_rules import parse_stop_rules
+
+            object.__setattr__(self, "stop_rules", parse_stop_rules(self.stop_rules))
         from lede_env.engine.path_names import resolve_path
 
         resolve_path(self.engine_path)   # a clear error for an unknown path
@@ -125,6 +130,14 @@ class LEDEEnv(gym.Env):
     ``spec_lengths`` (``k = 0`` is a plain autoregressive step; the exit layer is then irrelevant).
     `lede_env.wrappers.FlattenAction` turns it into ``Discrete(len(exit_layers) * len(spec_lengths))``.
 
+    With ``stop_rules`` (a list such as ``["none", "p<0.6", "prod<0.7", "H>2"]``, or ``"default"``:
+    `lede_env.engine.stop_rules`), the draft length is decided *while* drafting: the action is
+    ``MultiDiscrete([J, K, len(stop_rules)])`` and its third index picks the rule that stops the draft from its own
+    confidence, ``k`` being the cap. Live, the output is still exactly the greedy output. In replay, the accepted
+    counts and the tokens produced are exact; the drafted count (and so the cost) is exact up to the first rejected
+    draft and approximate past it (`lede_env.traces.Trace.drafted_under` says which approximation;
+    ``benchmarks/stop_rules_replay.py`` measures it against live).
+
     ## Observation Space
     ``Box(low, high, (8 + P + J,), float32)`` of local-context features, documented in `lede_env.features`
     (``env.unwrapped.layout.table()`` prints index, name and range): the last action and its acceptance, the
@@ -145,9 +158,18 @@ class LEDEEnv(gym.Env):
     ## Info
     The same keys at ``reset`` and every ``step``: ``prompt_index``, ``tokens`` (produced by the step), ``accepted``,
     ``drafted``, ``cost`` (seconds, under the cost model), ``c_ar``, ``exit_layer``, ``k`` (-1 at reset),
-    ``prompt_ids`` (the tokens fed, after any chat template), ``generated_ids`` and ``text`` (their decoding).
+    ``stop_rule`` (the rule the step drafted under, ``"none"`` without one or at reset), ``draft_maxprob`` (the
+    draft's max probability of each draft token on the committed prefix: the accepted drafts and the first rejected
+    one; empty when nothing was drafted), ``prompt_ids`` (the tokens fed, after any chat template),
+    ``generated_ids`` and ``text`` (their decoding).
     The wall-clock variant adds ``wall_time`` and ``prefill_time``; ``LEDE-v0`` keeps measured times out of
     ``info`` (in ``env.unwrapped.timing``) so that its steps are deterministic.
+
+    ## Public attributes (what agents may read)
+    ``exit_layers``, ``config.spec_lengths``, ``stop_rules`` (tuple or None), ``layout`` (the observation layout),
+    ``cost_table`` (profiled cost in seconds of a step at exit index ``j`` that drafted ``d`` tokens,
+    ``cost_table[j, d]``; None under the wall clock), ``c_ar`` (cost of an autoregressive step), ``max_new_tokens``,
+    ``num_layers``.
 
     ## Episode End
     ``terminated`` at EOS or after ``max_new_tokens`` generated tokens; ``truncated`` when the context window
@@ -160,9 +182,9 @@ class LEDEEnv(gym.Env):
     ``exit_layers``, ``spec_lengths``, ``probe_layers``, ``cost_model``, ``profile`` (path of a latency profile
     JSON; default: the stored one for this model and machine), ``lam``, ``exit_heads`` ("default", "identity"
     or a path), ``dtype``, ``engine_path`` (execution path of the engine: "auto", "eager", "fast", ...; live
-    backend, and the latency profile looked up for either backend), ``threads``, ``max_context``, ``text_in_info`` (decode the text into ``info`` at
-    every step; default on for live, off for replay where it would dominate the step time), ``render_mode``
-    ("ansi").
+    backend, and the latency profile looked up for either backend), ``threads``, ``max_context``, ``text_in_info``
+    (decode the text into ``info`` at every step; default on for live, off for replay where it would dominate the
+    step time), ``stop_rules`` (adaptive drafting inside a step, above), ``render_mode`` ("ansi").
 
     ## Version History
     * v0: initial version.
@@ -181,14 +203,25 @@ class LEDEEnv(gym.Env):
         else:
             self._init_replay(cfg)
         J, K = len(self.exit_layers), len(cfg.spec_lengths)
-        self.action_space = spaces.MultiDiscrete([J, K])
+        self.stop_rules = cfg.stop_rules
+        self._stops = None
+        if cfg.stop_rules is not None:
+            from lede_env.engine.stop_rules import parse_stop_rule
+
+            self._stops = [parse_stop_rule(r) for r in cfg.stop_rules]
+            self._stops = [None if r.kind == "none" else r for r in self._stops]
+            if cfg.backend == "replay" and any(r is not None and r.needs_entropy for r in self._stops) and \
+                    not all(tr.has_entropy for tr in self.backend.traces.traces):
+                raise ValueError(f"{cfg.traces} has no draft entropies (trace format 1): re-record it with `lede "
+                                 "trace`, or leave the entropy rules (H>...) out of stop_rules.")
+        self.action_space = spaces.MultiDiscrete([J, K] if self._stops is None else [J, K, len(self._stops)])
         self.layout = ObservationLayout(self.exit_layers, cfg.spec_lengths, self.probe_layers, self.vocab_size)
         low, high = self.layout.bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.features = FeatureTracker(self.layout)
         self.text_in_info = cfg.text_in_info if cfg.text_in_info is not None else cfg.backend == "live"
         self._wallclock = cfg.cost_model == "wallclock"
-        self._nvec = (J, K)
+        self._nvec = (J, K) if self._stops is None else (J, K, len(self._stops))
         self._c_ar = self._cost_of_ar()
         self._generated: list[int] = []
         self._kinds: list[tuple[int, int, int]] = []
@@ -245,9 +278,15 @@ class LEDEEnv(gym.Env):
         self.prompt_list = None
         self.max_new_tokens = int(meta["max_new_tokens"])
 
+    @property
+    def c_ar(self) -> float:
+        """Cost in seconds of one plain autoregressive step under the cost model."""
+        return self._c_ar
+
     def _cost_of_ar(self) -> float:
         cfg = self.config
         if cfg.cost_model == "wallclock":
+            self.cost_table = None
             return self.backend.measure_ar_cost()
         from lede_env.engine.profile import LatencyProfile, find_profile
 
@@ -263,8 +302,9 @@ class LEDEEnv(gym.Env):
             raise ValueError(f"The latency profile is for a {self.profile.num_layers}-layer model, this one has "
                              f"{self.num_layers}.")
         kmax = max(cfg.spec_lengths)
-        self._cost_table = self.profile.cost_table(self.exit_layers, kmax)
-        self._cost_rows = self._cost_table.tolist()  # Python floats: no numpy indexing per step
+        self.cost_table = self.profile.cost_table(self.exit_layers, kmax)
+        self.cost_table.setflags(write=False)
+        self._cost_rows = self.cost_table.tolist()  # Python floats: no numpy indexing per step
         return self.profile.c_ar
 
     # ------------------------------------------------------------------ Gymnasium API
@@ -297,49 +337,54 @@ class LEDEEnv(gym.Env):
         return obs, info
 
     def step(self, action):
-        j, kidx = self._action_indices(action)
+        j, kidx, sidx = self._action_indices(action)
         cfg = self.config
         L, k = self.exit_layers[j], cfg.spec_lengths[kidx]
-        s = self.backend.step(L, k)
+        stop = self._stops[sidx] if self._stops is not None else None
+        s = self.backend.step(L, k, stop)
         n = len(s.tokens)
         cost = s.wall_time if self._wallclock else self._cost_rows[j][s.drafted]
         reward = step_reward(n, cost, self._c_ar, cfg.lam)
         self._generated.extend(s.tokens)
         self._kinds.append((s.drafted, s.accepted, n))
         obs = self.features.update(s, len(self._generated), self.max_new_tokens)
-        return obs, float(reward), bool(s.finished), bool(s.truncated), self._info(s, cost)
+        return obs, float(reward), bool(s.finished), bool(s.truncated), self._info(s, cost, stop)
 
-    def _action_indices(self, action) -> tuple[int, int]:
-        """``[exit index, length index]`` as two ints, or a ``ValueError`` that says what the action space is
-        (the same test as ``action_space.contains`` after a cast to int64, without its per-call overhead)."""
+    def _action_indices(self, action) -> tuple[int, int, int]:
+        """``[exit index, length index(, stop-rule index)]`` as ints (stop index 0 without stop rules), or a
+        ``ValueError`` that says what the action space is (the same test as ``action_space.contains`` after a cast
+        to int64, without its per-call overhead)."""
         a = action if type(action) is np.ndarray else np.asarray(action)
-        J, K = self._nvec
-        if a.size == 2 and a.dtype != object:
+        nvec = self._nvec
+        if a.size == len(nvec) and a.dtype != object:
             try:
-                j, kidx = a.reshape(-1).tolist()
-                j, kidx = int(j), int(kidx)
+                idx = [int(x) for x in a.reshape(-1).tolist()]
             except (TypeError, ValueError, OverflowError):
                 pass
             else:
-                if 0 <= j < J and 0 <= kidx < K:
-                    return j, kidx
-        raise ValueError(f"Action {action!r} is outside MultiDiscrete([{J}, {K}]): give [exit index in 0..{J - 1} "
-                         f"(exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
-                         f"(speculation lengths {list(self.config.spec_lengths)})]. For a flat action use "
-                         "lede_env.wrappers.FlattenAction.")
+                if all(0 <= i < n for i, n in zip(idx, nvec)):
+                    return idx[0], idx[1], (idx[2] if len(idx) == 3 else 0)
+        J, K = nvec[:2]
+        parts = (f"exit index in 0..{J - 1} (exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
+                 f"(speculation lengths {list(self.config.spec_lengths)})")
+        if len(nvec) == 3:
+            parts += f", stop-rule index in 0..{nvec[2] - 1} (stop rules {list(self.stop_rules)})"
+        raise ValueError(f"Action {action!r} is outside MultiDiscrete({list(nvec)}): give [{parts}]. For a flat "
+                         "action use lede_env.wrappers.FlattenAction.")
 
-    def _info(self, s: BackendStep | None, cost: float) -> dict:
+    def _info(self, s: BackendStep | None, cost: float, stop=None) -> dict:
         """The step's info. ``prompt_ids`` and ``generated_ids`` are fresh lists (an info never changes after
         it was returned); the text is decoded only when ``text_in_info``."""
         text = self._decode(self._generated) if self.text_in_info else ""
         if s is None:
             self.timing = {"wall_time": 0.0, "prefill_time": self._prefill_time}
             info = {"prompt_index": self._prompt_index, "tokens": 0, "accepted": 0, "drafted": 0, "cost": cost,
-                    "c_ar": self._c_ar, "exit_layer": -1, "k": -1}
+                    "c_ar": self._c_ar, "exit_layer": -1, "k": -1, "stop_rule": "none", "draft_maxprob": []}
         else:
             self.timing = {"wall_time": s.wall_time or 0.0, "prefill_time": self._prefill_time}
             info = {"prompt_index": self._prompt_index, "tokens": len(s.tokens), "accepted": s.accepted,
-                    "drafted": s.drafted, "cost": cost, "c_ar": self._c_ar, "exit_layer": s.exit_layer, "k": s.k}
+                    "drafted": s.drafted, "cost": cost, "c_ar": self._c_ar, "exit_layer": s.exit_layer, "k": s.k,
+                    "stop_rule": "none" if stop is None else stop.text, "draft_maxprob": list(s.draft_confidences)}
         info["prompt_ids"] = self._prompt_ids.copy()
         info["generated_ids"] = self._generated.copy()
         info["text"] = text

@@ -27,7 +27,7 @@ maximising the speedup ``N * c_ar / total_cost``. The optimal actions are theref
 ``lam > 0`` and the reported speedup is the highest any policy reaches; the DP is run with ``lam = 1`` (so that
 a tiny ``lam`` cannot drown the cost differences in the tie tolerance) and the return is reported under the
 ``lam`` asked for. ``lam <= 0`` is refused by the optimisers (:func:`solve`, :func:`best_static`,
-:class:`OracleAgent`): with ``lam = 0`` every sequence has the same return ``N`` (the "optimum" would be any
+the oracle agent, `agents.oracle`): with ``lam = 0`` every sequence has the same return ``N`` (the "optimum" would be any
 sequence at all, the tie-break picks plain autoregressive decoding), with ``lam < 0`` the DP would maximise the
 cost. Best static and the oracle thus optimise the same objective, and the oracle's speedup is never below best
 static's on the same traces. :func:`evaluate_actions` and :func:`rollout_static` only replay actions and take
@@ -44,15 +44,16 @@ Pure numpy: no model, no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from lede_env.engine.stop_rules import StopRule, parse_stop_rule
 from lede_env.reward import step_reward
 from lede_env.traces import Trace, TraceSet
 
-__all__ = ["OracleResult", "Rollout", "solve", "evaluate_actions", "rollout_static", "best_static",
-           "aggregate_speedup", "OracleAgent"]
+__all__ = ["OracleResult", "Rollout", "solve", "policy_table", "evaluate_actions", "rollout_static", "best_static",
+           "aggregate_speedup"]
 
 _TIE_RTOL = 1e-9
 
@@ -136,46 +137,88 @@ class _Tables:
     reward: np.ndarray
 
 
-def _tables(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float) -> _Tables:
+def _stop_lengths(trace: Trace, stops: Sequence[StopRule], kmax: int) -> np.ndarray:
+    """``first[t, j, s]``: the draft length at which rule ``s`` stops a draft from pending ``g_t`` at exit column
+    ``j`` with no cap (``kmax + 1`` when it does not stop within ``kmax`` tokens): `Trace.drafted_under` for all
+    (t, j, s) at once, the same reading of the trace (a test holds the two equal)."""
+    last = trace.length - 1
+    J, S = len(trace.exit_layers), len(stops)
+    never = kmax + 1
+    first = np.full((last, J, S), never, dtype=np.int64)
+    p = trace.draft_maxprob.astype(np.float64)
+    H = trace.draft_entropy.astype(np.float64)
+    product = np.ones((last, J, S))
+    t = np.arange(last)
+    for i in range(1, kmax + 1):
+        rows = t + i - 1
+        valid = (rows < last)[:, None]                     # past the end of the trace: no stop
+        r = np.minimum(rows, last - 1)
+        pr, hr = p[r], H[r]                                # [T-1, J]
+        for s, rule in enumerate(stops):
+            if rule.kind == "none":
+                continue
+            if rule.kind == "p":
+                cond = pr < rule.threshold
+            elif rule.kind == "prod":
+                product[:, :, s] = np.where(valid, product[:, :, s] * pr, product[:, :, s])
+                cond = product[:, :, s] < rule.threshold
+            else:
+                cond = hr > rule.threshold
+            hit = valid & cond & (first[:, :, s] == never)
+            first[:, :, s] = np.where(hit, i, first[:, :, s])
+    return first
+
+
+def _tables(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float,
+            stops: Sequence[StopRule] | None = None) -> _Tables:
     """Vectorised ``trace.outcome(t, j, ks[kidx])`` for all (t, j, kidx) (the same rule; a test holds the
-    two equal), plus each step's cost and reward."""
+    two equal), plus each step's cost and reward. With ``stops`` the last axis enumerates ``(kidx, s)`` as
+    ``kidx * S + s`` (``trace.outcome(t, j, ks[kidx], stops[s])``)."""
     T = trace.length
     last = T - 1
     t = np.arange(last, dtype=np.int64)
     max_draft = np.fromiter((trace.max_draft(int(i)) for i in t), dtype=np.int64, count=last)
-    drafted = np.minimum(ks[None, :], max_draft[:, None])                               # [T-1, K]
-    run = np.asarray(trace.run_length, dtype=np.int64)                                  # [T-1, J]
-    accepted = np.where(drafted[:, None, :] > 0, np.minimum(run[:, :, None], drafted[:, None, :]), 0)
-    to_end = (last - t)[:, None, None]
-    produced = np.where(t[:, None, None] + accepted >= last, to_end, accepted + 1)      # [T-1, J, K]
+    cap = np.minimum(ks[None, :], max_draft[:, None])                                   # [T-1, K]
     J = table.shape[0]
-    drafted = np.broadcast_to(drafted[:, None, :], produced.shape)
+    if stops is None:
+        drafted = np.broadcast_to(cap[:, None, :], (last, J, len(ks)))
+    else:
+        first = _stop_lengths(trace, stops, int(ks.max()))                              # [T-1, J, S]
+        drafted = np.minimum(cap[:, None, :, None], first[:, :, None, :]).reshape(last, J, -1)
+    run = np.asarray(trace.run_length, dtype=np.int64)                                  # [T-1, J]
+    accepted = np.where(drafted > 0, np.minimum(run[:, :, None], drafted), 0)
+    to_end = (last - t)[:, None, None]
+    produced = np.where(t[:, None, None] + accepted >= last, to_end, accepted + 1)      # [T-1, J, A]
     cost = table[np.arange(J)[None, :, None], drafted]
     reward = step_reward(produced, cost, c_ar, lam)
     return _Tables(drafted=drafted, produced=produced, cost=cost, reward=reward)
 
 
-def _policy(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float
-            ) -> tuple[np.ndarray, np.ndarray, _Tables]:
+def _policy(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: float,
+            stops: Sequence[StopRule] | None = None) -> tuple[np.ndarray, np.ndarray, _Tables]:
     """Backward induction. Returns ``V`` [T] (optimal return-to-go from each position), ``policy`` [T-1, 2]
-    (the optimal (j, kidx) at each position, on or off the optimal path) and the tables."""
-    tabs = _tables(trace, table, ks, c_ar, lam)
+    (the optimal (j, a) at each position, on or off the optimal path; ``a`` is ``kidx``, or ``kidx * S + s`` with
+    stop rules) and the tables."""
+    tabs = _tables(trace, table, ks, c_ar, lam, stops)
     last = trace.length - 1
     J, K = table.shape[0], len(ks)
+    S = 1 if stops is None else len(stops)
+    A = K * S
     V = np.zeros(last + 1)
     policy = np.zeros((last, 2), dtype=np.int64)
-    # Tie-break key: fewer drafted tokens, then lower j, then shorter requested k, then lower kidx.
+    # Tie-break key: fewer drafted tokens, then lower j, then shorter requested k, then lower kidx, then lower s.
     krank = np.empty(K, dtype=np.int64)
     krank[np.lexsort((np.arange(K), ks))] = np.arange(K)
-    jk = (np.arange(J)[:, None] * K + krank[None, :])
-    key = tabs.drafted * (J * K) + jk[None]
+    arank = (krank[:, None] * S + np.arange(S)[None, :]).reshape(-1)
+    jk = (np.arange(J)[:, None] * A + arank[None, :])
+    key = tabs.drafted * (J * A) + jk[None]
     nxt = np.arange(last)[:, None, None] + tabs.produced
     big = np.iinfo(np.int64).max
     for t in range(last - 1, -1, -1):
         q = tabs.reward[t] + V[nxt[t]]
         best = q.max()
         ties = q >= best - _TIE_RTOL * max(1.0, abs(best))
-        j, kidx = np.unravel_index(int(np.argmin(np.where(ties, key[t], big))), (J, K))
+        j, kidx = np.unravel_index(int(np.argmin(np.where(ties, key[t], big))), (J, A))
         policy[t] = (j, kidx)
         V[t] = q[j, kidx]
     return V, policy, tabs
@@ -183,22 +226,48 @@ def _policy(trace: Trace, table: np.ndarray, ks: np.ndarray, c_ar: float, lam: f
 
 # ------------------------------------------------------------------------------------------ public API
 def solve(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int],
-          lam: float = 1.0) -> OracleResult:
+          lam: float = 1.0, stop_rules: Sequence[str] | None = None) -> OracleResult:
     """The best action sequence for ``trace`` (exact, by the backward recurrence in the module docstring).
 
     Action set: every ``(j, kidx)`` with ``j in range(len(trace.exit_layers))`` and
-    ``kidx in range(len(spec_lengths))``. The reported totals come from replaying the chosen actions
-    forward (rewards summed in step order), so they match what an environment would accumulate.
-    A trace with ``T == 1`` has no steps: return 0, speedup 1.0."""
+    ``kidx in range(len(spec_lengths))``; with ``stop_rules`` every ``(j, kidx, s)`` (the environment's
+    ``stop_rules`` option, replayed by `Trace.drafted_under`). The reported totals come from replaying the chosen
+    actions forward (rewards summed in step order), so they match what an environment would accumulate.
+    A trace with ``T == 1`` has no steps: return 0, speedup 1.0.
+
+    Stop rules cannot raise the optimum: a step under any rule drafts some ``d`` tokens and accepts
+    ``min(run, d)``, which the fixed length ``k = d`` does too at the same cost (if ``d`` is a configured length).
+    So with the lengths ``0..kmax`` the optimum equals the one without stop rules; a test holds it."""
     lam = check_lam(lam, optimise=True)
     table, ks, c_ar = _check(trace, cost_table, spec_lengths)
+    stops = None if stop_rules is None else [parse_stop_rule(r) for r in stop_rules]
     if trace.length == 1:
         return OracleResult(actions=(), episode_return=0.0, tokens=0, total_cost=0.0, speedup=1.0, steps=0)
-    _, policy, tabs = _policy(trace, table, ks, c_ar, 1.0)     # the same optimum for every lam > 0
+    _, policy, tabs = _policy(trace, table, ks, c_ar, 1.0, stops)     # the same optimum for every lam > 0
     if lam != 1.0:
         tabs = _Tables(drafted=tabs.drafted, produced=tabs.produced, cost=tabs.cost,
                        reward=step_reward(tabs.produced, tabs.cost, c_ar, lam))
-    return _follow(trace, table, tabs, c_ar, lambda t: (int(policy[t, 0]), int(policy[t, 1])))
+    res = _follow(trace, table, tabs, c_ar, lambda t: (int(policy[t, 0]), int(policy[t, 1])))
+    if stops is None:
+        return res
+    S = len(stops)
+    return replace(res, actions=tuple((j, a // S, a % S) for j, a in res.actions))
+
+
+def policy_table(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int],
+                 stop_rules: Sequence[str] | None = None) -> np.ndarray:
+    """The optimal action from every pending position of ``trace``, on the optimal path or off it: an int64 array
+    [T-1, 2] of ``(j, kidx)``, or [T-1, 3] of ``(j, kidx, s)`` with ``stop_rules`` (the oracle agent plays it)."""
+    table, ks, c_ar = _check(trace, cost_table, spec_lengths)
+    width = 2 if stop_rules is None else 3
+    if trace.length == 1:
+        return np.zeros((0, width), dtype=np.int64)
+    stops = None if stop_rules is None else [parse_stop_rule(r) for r in stop_rules]
+    policy = _policy(trace, table, ks, c_ar, 1.0, stops)[1]
+    if stops is None:
+        return policy
+    S = len(stops)
+    return np.stack([policy[:, 0], policy[:, 1] // S, policy[:, 1] % S], axis=1)
 
 
 def _follow(trace: Trace, table: np.ndarray, tabs: _Tables, c_ar: float,
@@ -314,65 +383,3 @@ def best_static(traces: Iterable[Trace] | TraceSet, cost_table: np.ndarray, spec
         if speed[j, kidx] >= best * (1 - _TIE_RTOL):
             return j, kidx, float(speed[j, kidx])
     raise AssertionError("unreachable")
-
-
-class OracleAgent:
-    """The oracle as an agent for the replay backend (stable-baselines3 ``predict`` signature).
-
-    The observation does not identify the trace, so the agent is built with the traces, the cost table
-    and the action lists, and told which prompt an episode replays with ``reset(prompt_index)`` (matched
-    against ``Trace.prompt_index``). It then plays the optimal policy: it keeps its own position ``t`` and
-    advances it by replaying its action with ``trace.outcome``, which is exactly what the replay backend
-    does when it follows the agent's actions. An environment that may deviate from the agent's actions
-    (an epsilon-noised oracle, for example) should pass the current pending position:
-    ``predict(obs, position=t)``; the DP policy is defined at every position, on the optimal path or
-    not. Single environment only (no batched observations).
-    """
-
-    def __init__(self, traces: Iterable[Trace] | TraceSet, cost_table: np.ndarray,
-                 spec_lengths: Sequence[int], lam: float = 1.0) -> None:
-        traces = list(traces.traces if isinstance(traces, TraceSet) else traces)
-        self._traces: dict[int, Trace] = {}
-        for tr in traces:
-            if tr.prompt_index in self._traces:
-                raise ValueError(f"Two traces have prompt_index {tr.prompt_index}.")
-            self._traces[tr.prompt_index] = tr
-        self.cost_table = np.asarray(cost_table, dtype=np.float64)
-        self.spec_lengths = tuple(int(k) for k in spec_lengths)
-        self.lam = check_lam(lam, optimise=True)    # the policy is the same for every lam > 0
-        self._policies: dict[int, np.ndarray] = {}
-        self._trace: Trace | None = None
-        self._policy: np.ndarray | None = None
-        self.position = 0
-
-    def reset(self, prompt_index: int) -> None:
-        """Start an episode on the trace of ``prompt_index`` (solved on first use, then cached)."""
-        if prompt_index not in self._traces:
-            raise KeyError(f"No trace for prompt_index {prompt_index}; known: {sorted(self._traces)[:20]}.")
-        tr = self._traces[prompt_index]
-        if prompt_index not in self._policies:
-            table, ks, c_ar = _check(tr, self.cost_table, self.spec_lengths)
-            if tr.length == 1:
-                self._policies[prompt_index] = np.zeros((0, 2), dtype=np.int64)
-            else:
-                self._policies[prompt_index] = _policy(tr, table, ks, c_ar, 1.0)[1]
-        self._trace, self._policy, self.position = tr, self._policies[prompt_index], 0
-
-    def action_at(self, position: int) -> np.ndarray:
-        """The optimal ``[j, kidx]`` from pending position ``position`` of the current trace."""
-        if self._trace is None:
-            raise RuntimeError("Call reset(prompt_index) before predict.")
-        if not 0 <= position < len(self._policy):
-            raise ValueError(f"No step starts at position {position}: "
-                             f"the trace has {self._trace.length} tokens.")
-        return self._policy[position].copy()
-
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True,
-                position: int | None = None) -> tuple[np.ndarray, None]:
-        """Next optimal action ``np.array([j, kidx])``; the observation is ignored."""
-        if position is not None:
-            self.position = int(position)
-        action = self.action_at(self.position)
-        j, kidx = int(action[0]), int(action[1])
-        self.position += self._trace.outcome(self.position, j, self.spec_lengths[kidx]).produced
-        return action, None

@@ -48,8 +48,8 @@ def record_trace(decoder, prompt_ids: list[int], prompt_index: int, exit_layers:
     decoder.start(prompt_ids, max_new_tokens)
     rows = []
     while not decoder.done:
-        result, args, maxp = decoder.step_with_exits(exit_layers)
-        rows.append((args, maxp, result.full_maxprob[0], result.full_entropy[0], result.probe_cos))
+        result, args, maxp, ent = decoder.step_with_exits(exit_layers)
+        rows.append((args, maxp, result.full_maxprob[0], result.full_entropy[0], result.probe_cos, ent))
     tokens = np.array(decoder.generated, dtype=np.int64)
     J, P = len(exit_layers), len(decoder.probe_layers)
     col = lambda i, dt, shape: np.array([r[i] for r in rows], dtype=dt).reshape(shape)  # noqa: E731
@@ -58,7 +58,7 @@ def record_trace(decoder, prompt_ids: list[int], prompt_index: int, exit_layers:
                  exit_layers=tuple(exit_layers), probe_layers=tuple(decoder.probe_layers),
                  draft_tokens=col(0, np.int64, (n, J)), draft_maxprob=col(1, np.float32, (n, J)),
                  full_maxprob=col(2, np.float32, (n,)), full_entropy=col(3, np.float32, (n,)),
-                 probe_cos=col(4, np.float32, (n, P)), eos=bool(tokens[-1] in decoder.eos_ids),
+                 probe_cos=col(4, np.float32, (n, P)), draft_entropy=col(5, np.float32, (n, J)), eos=bool(tokens[-1] in decoder.eos_ids),
                  max_new_tokens=max_new_tokens, max_context=decoder.max_context)
 
 
@@ -274,6 +274,7 @@ class Recording:
                     tr.prompt_ids.tolist() != ids[i]:
                 raise _refuse(folder, "whose traces were recorded differently (exit or probe layers, prompt tokens)")
         meta = {"model": model, "dtype": a["dtype"], "exit_heads": setup.heads_label, "exit_heads_spec": a["heads"],
+                "exit_heads_sha256": fingerprint["heads_sha256"],
                 "exit_layers": list(exit_layers), "probe_layers": list(probe_layers), "max_new_tokens": max_new_tokens,
                 "vocab_size": setup.model.config.vocab_size, "num_layers": N, "prompts": a["prompts"],
                 "prompt_ids": [p.id for p in plist], "chat_template": a["chat_template"],

@@ -30,9 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from lede_env.engine.limits import max_draft_length
+from lede_env.engine.stop_rules import StopRule, draft_length
 
-TRACE_FORMAT_VERSION = 1
+TRACE_FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)   # format 1 has no draft_entropy (read as NaN: entropy stop rules refuse it)
 _ARRAYS = ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob", "full_entropy", "probe_cos")
+_OPTIONAL = ("draft_entropy",)
 _META_KEYS = ("exit_layers", "probe_layers", "max_new_tokens")
 
 
@@ -58,6 +61,7 @@ class Trace:
       tokens        int64 [T]        greedy continuation g_0..g_{T-1}
       draft_tokens  int64 [T-1, J]   early-exit argmax at layer exit_layers[j] from input g_t
       draft_maxprob f32   [T-1, J]   that prediction's max probability
+      draft_entropy f32   [T-1, J]   its entropy (nats); NaN in traces of format 1, which did not record it
       full_maxprob  f32   [T-1]      full model's max probability from input g_t
       full_entropy  f32   [T-1]      full model's entropy (nats) from input g_t
       probe_cos     f32   [T-1, P]   cosine(h_l, h_N) at input g_t for l in probe_layers
@@ -79,12 +83,16 @@ class Trace:
     max_new_tokens: int
     max_context: int
     meta: dict = field(default_factory=dict)
+    draft_entropy: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         T, J, P = len(self.tokens), len(self.exit_layers), len(self.probe_layers)
         if T < 1:
             raise ValueError("A trace needs at least one generated token.")
-        shapes = {"draft_tokens": (T - 1, J), "draft_maxprob": (T - 1, J), "full_maxprob": (T - 1,),
+        if self.draft_entropy is None:
+            object.__setattr__(self, "draft_entropy", np.full((T - 1, J), np.nan, dtype=np.float32))
+        shapes = {"draft_tokens": (T - 1, J), "draft_maxprob": (T - 1, J), "draft_entropy": (T - 1, J),
+                  "full_maxprob": (T - 1,),
                   "full_entropy": (T - 1,), "probe_cos": (T - 1, P)}
         for name, shape in shapes.items():
             if getattr(self, name).shape != shape:
@@ -111,11 +119,19 @@ class Trace:
         ``max_new_tokens`` budget and the context window have left."""
         return max_draft_length(self.max_new_tokens - (t + 1), self.max_context - (len(self.prompt_ids) + t + 1))
 
-    def outcome(self, t: int, j: int, k: int) -> StepOutcome:
-        """Replay one greedy step from pending g_t with exit column j and requested length k."""
+    @property
+    def has_entropy(self) -> bool:
+        """Whether the draft entropies were recorded (format 2 and later)."""
+        return not bool(np.isnan(self.draft_entropy).any()) if self.draft_entropy.size else True
+
+    def outcome(self, t: int, j: int, k: int, stop: StopRule | None = None) -> StepOutcome:
+        """Replay one greedy step from pending g_t with exit column j and requested length k (with a stop rule:
+        the cap; `drafted_under`)."""
         if not 0 <= t < self.length - 1:
             raise ValueError(f"No step starts at position {t}: the trace has {self.length} tokens.")
         drafted = min(int(k), self.max_draft(t))
+        if stop is not None and stop.kind != "none" and drafted > 1:
+            drafted = self.drafted_under(stop, t, j, drafted)
         accepted = min(int(self.run_length[t, j]), drafted) if drafted > 0 else 0
         last = self.length - 1
         if t + accepted >= last:  # the drafts reached the final token (EOS): no bonus token after it
@@ -123,11 +139,22 @@ class Trace:
         produced = accepted + 1
         return StepOutcome(drafted, accepted, produced, t + produced >= last)
 
+    def drafted_under(self, stop: StopRule, t: int, j: int, cap: int) -> int:
+        """Tokens drafted from pending g_t at exit column j under ``stop`` with cap ``cap``.
+
+        Along the accepted drafts and the first rejected one, the draft's inputs are the greedy prefix, so the
+        recorded confidences at rows ``t, t+1, ..`` are the draft's own and the decision is exact. Past the first
+        rejected draft the trace cannot know the draft's confidence (its input is no longer the greedy prefix):
+        the replay then reads the confidences recorded along the greedy path at the same rows, as a proxy, and
+        past the end of the trace it does not stop. Only the drafted count (and so the cost) can differ from live
+        there: the accepted count and the tokens produced do not depend on it."""
+        end = min(t + cap, self.length - 1)
+        ent = self.draft_entropy[t:end, j].tolist() if stop.needs_entropy else None
+        return draft_length(stop, cap, self.draft_maxprob[t:end, j].tolist(), ent)
+
     # ---------------------------------------------------------------- storage
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in
-                ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob", "full_entropy",
-                 "probe_cos")}
+        return {name: getattr(self, name) for name in _ARRAYS + _OPTIONAL}
 
     def header(self) -> dict:
         return {"prompt_index": self.prompt_index, "exit_layers": list(self.exit_layers),
@@ -213,9 +240,9 @@ class TraceSet:
                     raise bad(f"unreadable __meta__: {e}") from None
                 if not isinstance(meta, dict):
                     raise bad("__meta__ is not a JSON object")
-                if meta.get("format_version") != TRACE_FORMAT_VERSION:
+                if meta.get("format_version") not in READABLE_FORMATS:
                     raise TraceFileError(f"{path} has trace format {meta.get('format_version')}, this code reads "
-                                     f"{TRACE_FORMAT_VERSION}: re-record it with `lede trace`.")
+                                         f"{list(READABLE_FORMATS)}: re-record it with `lede trace`.")
                 headers = meta.pop("headers", None)
                 if not isinstance(headers, list):
                     raise bad("__meta__ has no list of trace headers")
@@ -228,6 +255,9 @@ class TraceSet:
                     if absent:
                         raise bad(f"missing arrays {absent}")
                     arrays = {name: data[f"{i}/{name}"] for name in _ARRAYS}
+                    for name in _OPTIONAL:
+                        if f"{i}/{name}" in data.files:
+                            arrays[name] = data[f"{i}/{name}"]
                     try:
                         traces.append(Trace(prompt_index=h["prompt_index"], exit_layers=tuple(h["exit_layers"]),
                                             probe_layers=tuple(h["probe_layers"]), eos=h["eos"],

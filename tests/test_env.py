@@ -75,8 +75,8 @@ def record_backend_steps(env) -> list:
     base = env.unwrapped
     steps, step = [], base.backend.step
 
-    def recording(exit_layer, k):
-        s = step(exit_layer, k)
+    def recording(exit_layer, k, stop=None):
+        s = step(exit_layer, k, stop)
         steps.append(s)
         return s
 

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # floor of each module, by longest matching prefix; bottom to top
 FLOORS = [
-    ("base", ["lede_env.paths", "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.traces",
-              "lede_env.reward"]),
+    ("base", ["lede_env.paths", "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
+              "lede_env.traces", "lede_env.reward"]),
     ("models and engine", ["lede_env.models", "lede_env.prompts", "lede_env.defaults", "lede_env.engine",
                            "lede_env.wiring", "lede_env.record", "lede_env.bench_engine", "lede_env.heads_fitting"]),
     ("backends", ["lede_env.backends"]),
@@ -30,7 +30,8 @@ RANK = {name: i for i, (name, _) in enumerate(FLOORS)}
 # modules that run without a model: no torch, no transformers, anywhere in them
 MODEL_FREE = ["lede_env.traces", "lede_env.reward", "lede_env.oracle", "lede_env.backends.replay", "lede_env.backends.base",
               "lede_env.datasets", "agents", "lede_env.features", "lede_env.rollout", "lede_env.wrappers",
-              "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.profile"]
+              "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
+              "lede_env.engine.profile"]
 MODEL_CODE = ("torch", "transformers", "accelerate", "gguf")
 
 

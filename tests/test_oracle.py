@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lede_env.oracle import (OracleAgent, OracleResult, aggregate_speedup, best_static, evaluate_actions,
+from lede_env.oracle import (OracleResult, policy_table, aggregate_speedup, best_static, evaluate_actions,
                              rollout_static, solve)
 from lede_env.traces import Trace, TraceSet
 
@@ -241,28 +241,20 @@ def test_bad_cost_table():
 
 
 # ------------------------------------------------------------------------------------------ agent
-def test_oracle_agent_follows_solution():
+def test_policy_table_follows_solution():
     spec = (0, 1, 2, 4)
     table = make_costs(3, 4)
-    traces = TraceSet(tuple(make_trace(40 + 5 * i, [0.3, 0.8, 0.95], seed=i, prompt_index=10 + i)
-                            for i in range(3)), {})
-    agent = OracleAgent(traces, table, spec)
-    obs = np.zeros(4, np.float32)
-    for tr in traces.traces:
-        agent.reset(tr.prompt_index)
+    traces = [make_trace(40 + 5 * i, [0.3, 0.8, 0.95], seed=i, prompt_index=10 + i) for i in range(3)]
+    for tr in traces:
+        policy = policy_table(tr, table, spec)
         res = solve(tr, table, spec)
         t, taken = 0, []
         while t < tr.length - 1:
-            action, state = agent.predict(obs, deterministic=True)
-            assert state is None and action.shape == (2,)
-            taken.append((int(action[0]), int(action[1])))
-            t += tr.outcome(t, int(action[0]), spec[int(action[1])]).produced
+            j, kidx = (int(x) for x in policy[t])
+            taken.append((j, kidx))
+            t += tr.outcome(t, j, spec[kidx]).produced
         assert tuple(taken) == res.actions
-        # Passing the position gives the DP policy there, on or off the optimal path.
-        action, _ = agent.predict(obs, position=1)
-        assert tuple(action) == tuple(agent.action_at(1))
-    with pytest.raises(KeyError):
-        agent.reset(0)
+        assert policy.shape == (tr.length - 1, 2)
 
 
 # ------------------------------------------------------------------------------------------ lam (issue 12)
@@ -276,8 +268,6 @@ def test_lam_must_be_positive_for_the_optimisers():
             solve(tr, table, SPEC, lam=lam)
         with pytest.raises(ValueError, match="lam must be"):
             best_static([tr], table, SPEC, lam=lam)
-        with pytest.raises(ValueError, match="lam must be"):
-            OracleAgent([tr], table, SPEC, lam=lam)
     with pytest.raises(ValueError, match="> 0"):
         solve(tr, table, SPEC, lam=0.0)
     assert evaluate_actions(tr, table, SPEC, lambda t: (0, 0), lam=0.0).episode_return == tr.length - 1

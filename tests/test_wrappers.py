@@ -56,13 +56,24 @@ def test_flatten_wrapper_maps_flat_actions():
         env.step(12)
 
 
-def test_flatten_wrapper_needs_a_pair_space():
+def test_flatten_wrapper_needs_a_pair_or_triple_space():
     class Flat(_Recorder):
         action_space = spaces.Discrete(5)
 
-    class Triple(_Recorder):
-        action_space = spaces.MultiDiscrete([2, 2, 2])
+    class Quad(_Recorder):
+        action_space = spaces.MultiDiscrete([2, 2, 2, 2])
 
-    for env in (Flat(), Triple()):
+    for env in (Flat(), Quad()):
         with pytest.raises(ValueError, match=r"MultiDiscrete\(\[J, K\]\)"):
             FlattenAction(env)
+
+
+def test_flatten_wrapper_with_stop_rules_is_row_major():
+    class Triple(_Recorder):
+        action_space = spaces.MultiDiscrete([2, 3, 4])
+
+    env = FlattenAction(Triple())
+    assert env.action_space.n == 24
+    assert env.action(0).tolist() == [0, 0, 0] and env.action(23).tolist() == [1, 2, 3]
+    assert env.action(5).tolist() == [0, 1, 1]          # (0 * 3 + 1) * 4 + 1
+    assert [env.flatten(env.action(a)) for a in range(24)] == list(range(24))

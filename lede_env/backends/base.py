@@ -33,3 +33,4 @@ class BackendStep:
     probe_cos: tuple[float, ...]
     finished: bool
     truncated: bool
+    draft_confidences: tuple[float, ...] = ()  # draft max probability of d_1..d_min(produced, drafted)

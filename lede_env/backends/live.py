@@ -32,13 +32,13 @@ class LiveBackend:
         t = self.decoder.start(ids, self.max_new_tokens, seed=seed)
         return BackendReset(prompt_index, tuple(ids), self.decoder.tokens[-1], t, self.decoder.done)
 
-    def step(self, exit_layer: int, k: int) -> BackendStep:
-        r = self.decoder.step(exit_layer, k)
+    def step(self, exit_layer: int, k: int, stop=None) -> BackendStep:
+        r = self.decoder.step(exit_layer, k, stop)
         return BackendStep(
             exit_layer=exit_layer, k=k, drafted=r.drafted, accepted=r.accepted, tokens=r.tokens, wall_time=r.time,
             full_maxprob=r.full_maxprob[-1], full_entropy=r.full_entropy[-1],
             draft_maxprob=r.draft_maxprob[-1] if r.draft_maxprob else 0.0, probe_cos=r.probe_cos,
-            finished=r.finished, truncated=r.truncated)
+            finished=r.finished, truncated=r.truncated, draft_confidences=r.draft_maxprob)
 
     def measure_ar_cost(self, steps: int = 16) -> float:
         """Median wall-clock seconds of a plain autoregressive step, measured on the first prompt."""

@@ -60,9 +60,11 @@ class ReplayBackend:
         tr = self.trace
         return BackendReset(prompt_index, tuple(tr.prompt_ids.tolist()), self.rows.tokens[0], 0.0, tr.length == 1)
 
-    def step(self, exit_layer: int, k: int) -> BackendStep:
+    def step(self, exit_layer: int, k: int, stop=None) -> BackendStep:
+        """One step from the current position; ``stop``: a `lede_env.engine.stop_rules.StopRule` (``k`` is then the
+        cap; `lede_env.traces.Trace.drafted_under`)."""
         tr, rows, t, j = self.trace, self.rows, self.t, self.columns[exit_layer]
-        out = tr.outcome(t, j, k)
+        out = tr.outcome(t, j, k, stop)
         produced = out.produced
         last = t + produced - 1   # row of the last committed verified position
         d = min(produced, out.drafted)
@@ -74,4 +76,5 @@ class ReplayBackend:
             tokens=tuple(rows.tokens[t + 1: t + 1 + produced]), wall_time=None,
             full_maxprob=rows.full_maxprob[last], full_entropy=rows.full_entropy[last],
             draft_maxprob=rows.draft_maxprob[t + d - 1][j] if d > 0 else 0.0,
-            probe_cos=rows.probe_cos[last], finished=out.finished and not truncated, truncated=truncated)
+            probe_cos=rows.probe_cos[last], finished=out.finished and not truncated, truncated=truncated,
+            draft_confidences=tuple(rows.draft_maxprob[t + i][j] for i in range(d)))

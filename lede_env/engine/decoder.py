@@ -30,6 +30,7 @@ from typing import Protocol, Sequence
 import torch
 
 from lede_env.engine.limits import max_draft_length
+from lede_env.engine.stop_rules import StopRule, parse_stop_rule
 from lede_env.engine.stack import make_stack
 
 
@@ -227,15 +228,17 @@ class SelfSpeculativeDecoder:
         """Largest speculation length the budget and the context allow now."""
         return max_draft_length(self.max_new_tokens - len(self.generated), self.max_context - len(self.tokens))
 
-    def step(self, exit_layer: int, k: int) -> StepResult:
-        """One self-speculative step with exit layer ``exit_layer`` and speculation length ``k``: `draft`, then
-        `verify`, then `commit`."""
-        draft = self.draft(exit_layer, k)
+    def step(self, exit_layer: int, k: int, stop: StopRule | str | None = None) -> StepResult:
+        """One self-speculative step with exit layer ``exit_layer`` and speculation length ``k`` (with a stop rule
+        ``stop``: the cap): `draft`, then `verify`, then `commit`."""
+        draft = self.draft(exit_layer, k, stop)
         return self.commit(draft, self.verify(draft))
 
-    def draft(self, exit_layer: int, k: int) -> Draft:
+    def draft(self, exit_layer: int, k: int, stop: StopRule | str | None = None) -> Draft:
         """Phase 1: ``min(k, max_k())`` draft tokens from layers ``0..L-1`` (+ exit head, final norm, LM head), one
-        at a time, appending to those layers' cache and keeping each pass's layer-L state for `verify`."""
+        at a time, appending to those layers' cache and keeping each pass's layer-L state for `verify`.
+        ``stop`` (`lede_env.engine.stop_rules`, e.g. ``"p<0.6"``): stop after the first token whose confidence
+        (`draft_confidence`) meets the rule, ``k`` being the cap."""
         self._check_layer(exit_layer, "exit layer")
         if k < 0:
             raise ValueError(f"Speculation length k must be >= 0 (0 = plain autoregressive step), got {k}.")
@@ -243,6 +246,9 @@ class SelfSpeculativeDecoder:
             raise RuntimeError("The generation is finished; call start() with a new prompt.")
         L = int(exit_layer)
         k_eff = min(int(k), self.max_k())
+        rule = None if stop is None else parse_stop_rule(stop)
+        rule = None if rule is None or rule.kind == "none" else rule
+        product = 1.0
         _sync(self.device)
         t0 = time.perf_counter()
         tokens: list[int] = []
@@ -259,6 +265,11 @@ class SelfSpeculativeDecoder:
                 logits.append(row[0])
                 token = int(self.pick(row)[0])
                 tokens.append(token)
+                if rule is not None:
+                    maxp, ent = self.draft_confidence(row, rule.needs_entropy)
+                    product *= maxp
+                    if rule.stops(maxp, ent, product):
+                        break
         _sync(self.device)
         return Draft(L, int(k), tokens, hidden, probes, logits, time.perf_counter() - t0, committed=len(self.tokens))
 
@@ -362,26 +373,31 @@ class SelfSpeculativeDecoder:
         """Drop what a `draft` or `verify` not followed by `commit` appended to the cache (profiling)."""
         self.stack.crop(len(self.tokens) - 1)
 
-    def step_with_exits(self, exit_layers: Sequence[int]) -> tuple[StepResult, list[int], list[float]]:
+    def draft_confidence(self, row: torch.Tensor, entropy: bool) -> tuple[float, float]:
+        """The draft's max probability and (when ``entropy``; else 0.0) entropy in nats, from one draft logits row
+        [1, V]: what stop rules read while drafting and what a trace records, the same function on the same row."""
+        _, maxp, ent = confidence(row, entropy=entropy)
+        return float(maxp[0]), (float(ent[0]) if entropy else 0.0)
+
+    def step_with_exits(self, exit_layers: Sequence[int]
+                        ) -> tuple[StepResult, list[int], list[float], list[float]]:
         """A plain autoregressive step that also reads the early exit of every layer in ``exit_layers`` at the
-        pending token: returns the step, each exit's argmax and its max probability. Used to record traces.
-        The exits are computed exactly as a draft computes them (one row at a time); the batched pass is only
-        a shortcut taken where its top-2 margin leaves no doubt about the argmax."""
+        pending token: returns the step and, per exit, its argmax, max probability and entropy. Used to record
+        traces. Each exit is computed exactly as a draft computes it: one row at a time, `draft_logits`, `pick`
+        and `draft_confidence`, so a stop rule reads the same bits live and in replay."""
         draft = self.draft(int(exit_layers[0]), 0)
         verification = self.verify(draft, extra_probes=exit_layers)
         result = self.commit(draft, verification)
         captured = verification.probes[0]
+        args, maxp, ents = [], [], []
         with torch.inference_mode():
-            rows = torch.cat([self.heads.apply(L, captured[L][:, -1]) for L in exit_layers])
-            logits = self.draft_logits(rows)
-            top2 = logits.float().topk(2, dim=-1).values
-            args, maxp, _ = confidence(logits, entropy=False)
-            for i, L in enumerate(exit_layers):
-                if float(top2[i, 0] - top2[i, 1]) < 1e-3 * max(1.0, float(top2[i, 0].abs())):
-                    single = self.draft_logits(self.heads.apply(L, captured[L][:, -1]))[0]
-                    a, p, _ = confidence(single, entropy=False)
-                    args[i], maxp[i] = a, p
-        return result, args.tolist(), maxp.tolist()
+            for L in exit_layers:
+                row = self.draft_logits(self.heads.apply(L, captured[L][:, -1]))
+                p, e = self.draft_confidence(row, True)
+                args.append(int(self.pick(row)[0]))
+                maxp.append(p)
+                ents.append(e)
+        return result, args, maxp, ents
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  actions: Sequence[tuple[int, int]] | None = None, exit_layer: int = 1, k: int = 0

@@ -4,56 +4,23 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 import lede_env  # noqa: F401  (registers the ids)
-from agents import (Agent, AutoregressiveAgent, EpsilonOracleAgent, MixtureAgent, RandomAgent, StaticAgent,
+from agents import (Agent, load, AutoregressiveAgent, OracleAgent, MixtureAgent, RandomAgent, StaticAgent,
                     behaviour_name, check_behaviour_spec, make_behaviour)
-from lede_env.engine.profile import LatencyProfile, cpu_signature
 from lede_env.oracle import rollout_static, solve
 from lede_env.rollout import rollout
 from lede_env.traces import Trace, TraceSet
-
-EXITS = (2, 4, 6)
-SPEC = (0, 1, 2, 3, 4)
-NUM_LAYERS = 8
-
-
-def _trace(index: int, T: int, agree_p, rng) -> Trace:
-    tokens = rng.integers(3, 50, size=T).astype(np.int64)
-    nxt = tokens[1:]
-    agree = rng.random((T - 1, len(EXITS))) < np.asarray(agree_p)[None, :]
-    draft = np.where(agree, nxt[:, None], (nxt[:, None] + 1) % 50).astype(np.int64)
-    return Trace(prompt_index=index, prompt_ids=np.arange(4, dtype=np.int64), tokens=tokens, exit_layers=EXITS,
-                 probe_layers=(3,), draft_tokens=draft, draft_maxprob=rng.random((T - 1, len(EXITS))).astype(np.float32),
-                 full_maxprob=rng.random(T - 1).astype(np.float32), full_entropy=rng.random(T - 1).astype(np.float32),
-                 probe_cos=rng.random((T - 1, 1)).astype(np.float32), eos=False, max_new_tokens=T, max_context=10_000)
-
+from tests.agents.synthetic import EXITS, SPEC, make_env, synthetic_trace, write_replay_files
 
 @pytest.fixture(scope="module")
 def replay_files(tmp_path_factory):
     """Synthetic traces (deeper exits agree more often) and a latency profile: a replay env without a model."""
-    d = tmp_path_factory.mktemp("synthetic")
     rng = np.random.default_rng(0)
-    traces = tuple(_trace(i, 30, (0.3, 0.6, 0.85), rng) for i in range(5))
-    meta = {"model": "synthetic", "dtype": "float32", "exit_heads": "identity", "exit_layers": list(EXITS),
-            "probe_layers": [3], "max_new_tokens": 30, "vocab_size": 50, "num_layers": NUM_LAYERS,
-            "prompts": "synthetic:train"}
-    path = TraceSet(traces=traces, meta=meta).save(d / "traces.npz")
-    prof = LatencyProfile(model="synthetic", dtype="float32", device="cpu", threads=1, path="eager", cpu=cpu_signature(),
-                          exit_heads="identity", num_layers=NUM_LAYERS,
-                          draft_cost={L: 0.001 * L for L in EXITS},
-                          verify_cost=tuple(0.01 + 0.001 * q for q in range(8)),
-                          layer_cost=tuple(0.001 + 0.0001 * q for q in range(8)),
-                          head_cost=tuple(0.001 for _ in range(8)))
-    return {"traces": str(path), "profile": str(prof.save(d / "profile.json")), "set": TraceSet.load(path)}
-
-
-def make_env(files, **kw):
-    return gym.make("LEDE-v0", **{"backend": "replay", "traces": files["traces"], "profile": files["profile"],
-                                  "spec_lengths": SPEC, **kw})
+    return write_replay_files(tmp_path_factory.mktemp("synthetic"),
+                              [synthetic_trace(i, 30, (0.3, 0.6, 0.85), rng) for i in range(5)])
 
 
 def play(env, agent, prompt_index, deterministic=True):
@@ -100,7 +67,7 @@ def test_static_and_autoregressive_map_values_to_indices(replay_files):
 def test_epsilon_oracle(replay_files):
     env = make_env(replay_files)
     table = env.unwrapped.profile.cost_table(EXITS, max(SPEC))
-    agent = EpsilonOracleAgent(env, epsilon=0.5, seed=0)
+    agent = OracleAgent(env, epsilon=0.5, seed=0)
     for i, tr in enumerate(replay_files["set"].traces):
         best = solve(tr, table, SPEC)
         ret, actions = play(env, agent, i, deterministic=True)       # deterministic: no noise
@@ -108,16 +75,16 @@ def test_epsilon_oracle(replay_files):
         for L in EXITS:
             for k in SPEC:
                 assert ret >= play(env, StaticAgent(env, L, k), i)[0] - 1e-9
-    noisy = [play(env, EpsilonOracleAgent(env, epsilon=1.0, seed=s), 0, deterministic=False)[0] for s in range(3)]
+    noisy = [play(env, OracleAgent(env, epsilon=1.0, seed=s), 0, deterministic=False)[0] for s in range(3)]
     assert max(noisy) < solve(replay_files["set"].traces[0], table, SPEC).episode_return
     # Noise then recovery: the oracle acts optimally from wherever the episode is (never worse than the noise).
-    mid = [play(env, EpsilonOracleAgent(env, epsilon=0.3, seed=s), 1, deterministic=False)[0] for s in range(5)]
+    mid = [play(env, OracleAgent(env, epsilon=0.3, seed=s), 1, deterministic=False)[0] for s in range(5)]
     assert all(r <= solve(replay_files["set"].traces[1], table, SPEC).episode_return + 1e-9 for r in mid)
 
 
 def test_epsilon_oracle_on_a_subset_of_exit_layers(replay_files):
     env = make_env(replay_files, exit_layers=(4, 6))
-    agent = EpsilonOracleAgent(env, 0.0)
+    agent = OracleAgent(env, 0.0)
     table = env.unwrapped.profile.cost_table((4, 6), max(SPEC))
     for i, tr in enumerate(replay_files["set"].traces):
         sub = Trace(**{**{f: getattr(tr, f) for f in ("prompt_index", "prompt_ids", "tokens", "probe_layers",
@@ -130,7 +97,7 @@ def test_epsilon_oracle_on_a_subset_of_exit_layers(replay_files):
 
 def test_epsilon_oracle_needs_replay_and_hooks(replay_files):
     env = make_env(replay_files)
-    agent = EpsilonOracleAgent(env, 0.1)
+    agent = OracleAgent(env, 0.1)
     obs, _ = env.reset(seed=0)
     with pytest.raises(RuntimeError, match="reset"):
         agent.predict(obs)
@@ -138,9 +105,9 @@ def test_epsilon_oracle_needs_replay_and_hooks(replay_files):
         agent.predict(np.zeros((2, obs.size)))
     live = SimpleNamespace(unwrapped=SimpleNamespace(config=SimpleNamespace(backend="live")))
     with pytest.raises(ValueError, match="replay"):
-        EpsilonOracleAgent(live, 0.1)
+        OracleAgent(live, 0.1)
     with pytest.raises(ValueError, match="epsilon"):
-        EpsilonOracleAgent(env, 1.5)
+        OracleAgent(env, 1.5)
 
 
 def test_mixture_picks_one_component_per_episode(replay_files):
@@ -174,7 +141,7 @@ def test_make_behaviour_builds_and_seeds(replay_files):
     assert isinstance(make_behaviour({"kind": "random"}, env), RandomAgent)
     assert isinstance(make_behaviour({"kind": "ar"}, env), AutoregressiveAgent)
     assert isinstance(make_behaviour({"kind": "static", "exit_layer": 6, "k": 4}, env), StaticAgent)
-    assert isinstance(make_behaviour({"kind": "oracle", "epsilon": 0.2}, env), EpsilonOracleAgent)
+    assert isinstance(make_behaviour({"kind": "oracle", "epsilon": 0.2}, env), OracleAgent)
     spec = {"kind": "mixture", "components": [{"kind": "random"}, {"kind": "oracle", "epsilon": 0.5}]}
     a, b, c = (make_behaviour(spec, env, seed=s) for s in (1, 1, 2))
     runs = [[play(env, x, i, deterministic=False)[1] for i in range(5)] for x in (a, b, c)]
@@ -200,7 +167,7 @@ def test_specs_names_save_load(replay_files, tmp_path):
     spec = {"kind": "mixture", "components": [{"kind": "static", "exit_layer": 4, "k": 2, "weight": 1.0},
                                                {"kind": "oracle", "epsilon": 0.1, "weight": 3.0}]}
     agent = make_behaviour(spec, env, seed=0)
-    loaded = Agent.load(agent.save(tmp_path / "mix.json"), env, seed=0)
+    loaded = load(agent.save(tmp_path / "mix"), env)
     assert loaded.config() == agent.config() == check_behaviour_spec(
         {"kind": "mixture", "components": [dict(spec["components"][0], weight=0.25),
                                            dict(spec["components"][1], weight=0.75)]})
