@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench profile clean
+.PHONY: install demo test test-fast bench profile traces clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,3 +39,9 @@ profile: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Rebuild the shipped traces (lede_env/data/traces: train and test of both prompt sets, default model and heads).
+traces: $(STAMP)
+	for s in mixed:test humaneval:test mixed:train humaneval:train; do \
+	  $(BIN)/lede trace --prompts $$s --out lede_env/data/traces/smollm2-135m_kl+vocab_$$(echo $$s | tr : -).npz --overwrite; \
+	done

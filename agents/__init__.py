@@ -11,6 +11,7 @@ from agents.base import KINDS, ActionLists, Agent, EnvSpec, action_lists, env_sp
 from agents.baselines import (AutoregressiveAgent, BestStaticAgent, MixtureAgent, RandomAgent, StaticAgent,
                               behaviour_name, check_behaviour_spec, make_behaviour)
 from agents.oracle import OracleAgent
+from agents import bandit, hf, layer_choice, stopping  # noqa: E402,F401  (register their kinds)
 
 __all__ = ["Agent", "ActionLists", "EnvSpec", "action_lists", "env_spec", "load", "register", "KINDS",
            "RandomAgent", "AutoregressiveAgent", "StaticAgent", "BestStaticAgent", "OracleAgent", "MixtureAgent",

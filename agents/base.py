@@ -199,6 +199,7 @@ class Agent:
     `EnvSpec`); `bind` records its spec for `save`."""
 
     kind: ClassVar[str] = "agent"
+    uses_stop_rules: ClassVar[bool] = False    # decides the draft length with a stop rule (needs stop_rules)
     spec: EnvSpec | None = None
 
     @property
@@ -266,6 +267,12 @@ class Agent:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+    @classmethod
+    def zoo(cls, env, ctx) -> "Agent":
+        """The zoo's instance for ``env`` (`agents.zoo.build`): the published defaults, fitted from ``ctx`` (an
+        `agents.zoo.ZooContext`) where the agent needs it. Default: ``cls(env)``."""
+        return cls(env)
 
     @classmethod
     def from_arguments(cls, env, arguments: dict) -> "Agent":

@@ -50,6 +50,10 @@ class RandomAgent(Agent):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
+    @classmethod
+    def zoo(cls, env, ctx) -> "RandomAgent":
+        return cls(env, seed=0)
+
     def _act(self, observation, deterministic):
         return np.array([self.rng.integers(n) for n in self.lists.nvec], dtype=np.int64)
 
@@ -117,6 +121,12 @@ class BestStaticAgent(StaticAgent):
     @property
     def name(self) -> str:
         return "best-static"
+
+    @classmethod
+    def zoo(cls, env, ctx) -> "BestStaticAgent":
+        ctx.best_exit   # noqa: B018  (refuses clearly without training traces)
+        b = ctx.best_static
+        return cls(env, b.exit_layer, b.k, fitted_on=b.fitted_on, train_speedup=b.train_speedup)
 
     @classmethod
     def fit(cls, env, traces, fitted_on: str = "") -> "BestStaticAgent":

@@ -83,3 +83,35 @@ def default_static_action(model_name: str, exit_heads=None) -> tuple[int, int]:
     if found:
         return int(found[0]), int(found[1])
     return 24, 2
+
+
+SHIPPED_TRACES = PACKAGE_DATA / "traces"
+
+
+def shipped_traces(prompts: str, model: str = "smollm2-135m", heads: str = "default") -> Path:
+    """The trace file shipped for ``prompts`` (``"mixed:test"``, ``"humaneval:train"``, ...), ``model`` and its default
+    exit heads: ``lede_env/data/traces/<model>_<heads label>_<set>-<split>.npz``, recorded with ``lede trace`` (``make
+    traces`` rebuilds them). Checked against the heads: the traces record the sha256 of the heads they were drafted
+    with, and a file whose heads differ from the shipped ones is refused (its drafts would not be these heads').
+    ``FileNotFoundError`` / ``ValueError`` name the fix."""
+    import numpy as np
+
+    if heads != "default":
+        raise ValueError(f"Traces ship only for the default exit heads, not {heads!r}: record your own with `lede trace "
+                         f"--heads {heads} --prompts {prompts} --out ...`.")
+    name, _, split = str(prompts).partition(":")
+    if split not in ("train", "test"):
+        raise ValueError(f"Shipped traces are per split: give '<set>:train' or '<set>:test', got {prompts!r}.")
+    label = model_defaults(model).get("heads_label", "kl+vocab")
+    path = SHIPPED_TRACES / f"{model}_{label}_{name}-{split}.npz"
+    if not path.is_file():
+        have = sorted(p.name for p in SHIPPED_TRACES.glob("*.npz")) if SHIPPED_TRACES.is_dir() else []
+        raise FileNotFoundError(f"No shipped traces for {model} on {prompts} ({path.name}; shipped: {have}). Record "
+                                f"them with `lede trace --model {model} --prompts {prompts} --out {path}`.")
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(bytes(data["__meta__"]).decode())
+    want = heads_sha256("default", model)
+    if meta.get("exit_heads_sha256") != want:
+        raise ValueError(f"{path} was recorded with other exit heads than the shipped ones (sha256 "
+                         f"{str(meta.get('exit_heads_sha256'))[:12]} vs {str(want)[:12]}): rebuild it with `make traces`.")
+    return path

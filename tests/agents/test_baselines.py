@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lede_env  # noqa: F401  (registers the ids)
-from agents import (Agent, load, AutoregressiveAgent, OracleAgent, MixtureAgent, RandomAgent, StaticAgent,
+from agents import (load, AutoregressiveAgent, OracleAgent, MixtureAgent, RandomAgent, StaticAgent,
                     behaviour_name, check_behaviour_spec, make_behaviour)
 from lede_env.oracle import rollout_static, solve
 from lede_env.rollout import rollout

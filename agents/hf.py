@@ -1,0 +1,1 @@
+"""(Being written: see agents/zoo.py for the kinds it registers.)"""
