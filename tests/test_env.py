@@ -325,3 +325,45 @@ def test_reset_skips_prompts_that_end_at_the_prefill(tmp_path):
         assert not term
     with pytest.raises(ValueError, match="ends at its first token"):
         env.reset(options={"prompt_index": 0})
+
+
+def test_stop_rules_live_is_exact_and_replay_agrees(tiny_setup, tiny):
+    """With stop rules (adaptive drafting inside a step) the live output is still the greedy output; replay gives
+    the same accepted counts, tokens and ends for the same actions, and the same drafted counts wherever the rule
+    stopped at or before the first rejected draft (past it the replay reads a proxy: `Trace.drafted_under`)."""
+    from lede_env.traces import TraceSet
+
+    ts = TraceSet.load(tiny_setup["traces"])
+    p = np.concatenate([t.draft_maxprob.ravel() for t in ts.traces])
+    H = np.concatenate([t.draft_entropy.ravel() for t in ts.traces])
+    assert np.isfinite(H).all()    # recorded (trace format 2)
+    q = lambda x, f: float(f"{np.quantile(x, f):.3g}")  # noqa: E731
+    rules = ("none", f"p<{q(p, 0.5)}", f"p<{q(p, 0.2)}", f"prod<{q(p, 0.5) ** 2:.3g}", f"H>{q(H, 0.5)}")
+    live, rep = make(tiny_setup, stop_rules=rules), replay(tiny_setup, stop_rules=rules)
+    assert live.action_space.nvec.tolist() == [len(EXITS), len(SPEC), len(rules)]
+    live_steps, rep_steps = record_backend_steps(live), record_backend_steps(rep)
+    rng = np.random.default_rng(3)
+    early = proxied = 0
+    model, _ = tiny
+    import torch
+
+    for i in range(tiny_setup["n"]):
+        actions = [np.array([rng.integers(len(EXITS)), rng.integers(3, len(SPEC)), rng.integers(len(rules))])
+                   for _ in range(60)]
+        del live_steps[:], rep_steps[:]
+        _, i1, r1, *end1 = run_episode(live, actions, i)
+        _, i2, r2, *end2 = run_episode(rep, actions, i)
+        prompt = i1[0]["prompt_ids"]
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=TINY_MAX_NEW_TOKENS,
+                             do_sample=False)[0, len(prompt):].tolist()
+        assert i1[-1]["generated_ids"] == ref == i2[-1]["generated_ids"]
+        assert end1 == end2
+        for a, b, x in zip(live_steps, rep_steps, i1[1:]):
+            assert (a.accepted, a.tokens, a.finished, a.truncated) == (b.accepted, b.tokens, b.finished, b.truncated)
+            assert x["stop_rule"] in rules
+            early += x["stop_rule"] != "none" and a.drafted < a.k
+            if a.drafted <= a.accepted + 1 or b.drafted <= b.accepted + 1:
+                assert a.drafted == b.drafted            # decided on the committed prefix: exact
+            else:
+                proxied += 1
+    assert early > 10 and proxied > 0   # the rules stopped drafts early, some past the first rejected draft

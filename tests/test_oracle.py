@@ -323,3 +323,65 @@ def test_best_static_and_evaluate_actions_skip_traces_without_steps():
     assert by_function.total_cost == pytest.approx(static.total_cost)
     with pytest.raises(ValueError):
         evaluate_actions(traces[0], table, SPEC, lambda t: (0, len(SPEC)))
+
+
+# ------------------------------------------------------------------------------------------ stop rules (issue 13)
+def _with_confidences(tr, seed):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed)
+    return replace(tr, draft_maxprob=rng.random(tr.draft_maxprob.shape).astype(np.float32),
+                   draft_entropy=(3 * rng.random(tr.draft_maxprob.shape)).astype(np.float32))
+
+
+RULES = ("none", "p<0.3", "p<0.7", "prod<0.5", "H>1", "H>2.5")
+
+
+def test_vectorised_stop_lengths_equal_the_trace_rule():
+    """The oracle's tables under stop rules are `Trace.outcome(t, j, k, rule)` for every (t, j, k, rule)."""
+    from lede_env.engine.stop_rules import parse_stop_rule
+    from lede_env.oracle import _check, _tables
+
+    spec = (0, 1, 2, 4, 6)
+    for seed in range(3):
+        tr = _with_confidences(make_trace(30 + seed, [0.3, 0.8, 0.95], seed=seed), seed)
+        table, ks, c_ar = _check(tr, make_costs(3, 6), spec)
+        stops = [parse_stop_rule(r) for r in RULES]
+        tabs = _tables(tr, table, ks, c_ar, 1.0, stops)
+        S = len(stops)
+        for t in range(tr.length - 1):
+            for j in range(3):
+                for kidx, k in enumerate(spec):
+                    for s, rule in enumerate(stops):
+                        out = tr.outcome(t, j, k, rule)
+                        a = kidx * S + s
+                        assert (tabs.drafted[t, j, a], tabs.produced[t, j, a]) == (out.drafted, out.produced)
+        # some rule stopped some draft early, or the test shows nothing
+        assert (tabs.drafted.reshape(tr.length - 1, 3, len(spec), S)[..., 1:] <
+                tabs.drafted.reshape(tr.length - 1, 3, len(spec), S)[..., :1]).any()
+
+
+def test_stop_rules_do_not_raise_the_optimum_and_the_policy_plays_it():
+    spec = tuple(range(7))
+    table = make_costs(3, 6)
+    for seed in range(4):
+        tr = _with_confidences(make_trace(50 + seed, [0.2, 0.7, 0.9], seed=seed), seed)
+        plain = solve(tr, table, spec)
+        with_rules = solve(tr, table, spec, stop_rules=RULES)
+        assert with_rules.episode_return == pytest.approx(plain.episode_return, rel=1e-12)
+        assert all(len(a) == 3 for a in with_rules.actions)
+        policy = policy_table(tr, table, spec, RULES)
+        assert policy.shape == (tr.length - 1, 3)
+        from lede_env.engine.stop_rules import parse_stop_rule
+
+        t, ret = 0, 0.0
+        while t < tr.length - 1:
+            j, kidx, s = (int(x) for x in policy[t])
+            out = tr.outcome(t, j, spec[kidx], parse_stop_rule(RULES[s]))
+            ret += out.produced - table[j, out.drafted] / table[0, 0]
+            t += out.produced
+        assert ret == pytest.approx(plain.episode_return, rel=1e-9)
+    # with a coarse length grid a stop rule can do better than any fixed length (the space is larger)
+    coarse = (0, 6)
+    tr = _with_confidences(make_trace(80, [0.2, 0.7, 0.9], seed=9), 9)
+    assert solve(tr, table, coarse, stop_rules=RULES).episode_return >= solve(tr, table, coarse).episode_return
