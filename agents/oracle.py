@@ -89,7 +89,11 @@ class OracleAgent(Agent):
         self.position = len(info["generated_ids"]) - 1
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        if np.asarray(observation).ndim != 1:
+        obs = np.asarray(observation)
+        if obs.ndim == 2 and len(obs) == 1:     # a vectorised env of one (stable-baselines3)
+            action, state = self.predict(obs[0], state, episode_start, deterministic)
+            return action[None], state
+        if obs.ndim != 1:
             raise ValueError("OracleAgent drives a single environment: give one observation, not a batch.")
         if self.position is None:
             raise RuntimeError("OracleAgent needs the episode's prompt and position: run it with "
