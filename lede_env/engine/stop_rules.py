@@ -29,10 +29,10 @@ __all__ = ["StopRule", "parse_stop_rule", "parse_stop_rules", "draft_length", "D
 KINDS = ("none", "p", "prod", "H")
 _OPS = {"p": "<", "prod": "<", "H": ">"}
 
-# Every confidence threshold 0.05 .. 0.95 (step 0.05), SpecDec++'s 0.7 on the product, and entropy bounds that
-# cover SVIP's h**2 / gamma for the published settings (module docstring of agents.stopping).
+# Every confidence threshold 0.05 .. 0.95 (step 0.05), SpecDec++'s 0.7 on the product, SVIP's 0.6 nats (h = 0.3,
+# gamma = 0.15: h**2 / gamma) and entropy bounds around it; see the docstrings of agents.stopping.
 DEFAULT_STOP_RULES: tuple[str, ...] = (("none",) + tuple(f"p<{i / 20:g}" for i in range(1, 20))
-                                       + ("prod<0.7", "prod<0.5", "H>0.5", "H>1", "H>2", "H>3"))
+                                       + ("prod<0.7", "prod<0.5", "H>0.5", "H>0.6", "H>1", "H>2", "H>3"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from agents import (load, AutoregressiveAgent, OracleAgent, MixtureAgent, Random
                     behaviour_name, check_behaviour_spec, make_behaviour)
 from lede_env.oracle import rollout_static, solve
 from lede_env.rollout import rollout
-from lede_env.traces import Trace, TraceSet
+from lede_env.traces import Trace
 from tests.agents.synthetic import EXITS, SPEC, make_env, synthetic_trace, write_replay_files
 
 @pytest.fixture(scope="module")
