@@ -306,6 +306,47 @@ def oracle(traces: str = typer.Option(..., help="Trace file from `lede trace`.")
 
 
 @app.command()
+def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names, static-L<L>-k<k>, saved agents' "
+                                                    "folders (agent.save), or 'all' (the zoo)."),
+             prompts: str = typer.Option("mixed:test", help="Comma-separated prompt sets, e.g. "
+                                                            "mixed:test,humaneval:test."),
+             traces: Optional[str] = typer.Option(None, help="Test trace files, comma-separated, one per prompt set "
+                                                             "(default: the shipped ones)."),
+             train_traces: Optional[str] = typer.Option(None, help="Training traces the fitted agents are fitted on: "
+                                                                   "one file, or one per prompt set (default: the "
+                                                                   "shipped <set>:train)."),
+             limit: Optional[int] = typer.Option(None, min=1, help="Only the first N prompts of each set."),
+             out: Optional[str] = typer.Option(None, help="Results folder (default: results/evaluate-<time>)."),
+             profile: Optional[str] = typer.Option(None, help="Latency profile JSON (default: the stored one)."),
+             progress: bool = typer.Option(True, help="Progress bar on stderr.")) -> None:
+    """Score agents on the replay backend (profiled costs): return, speedup, share of the oracle's gain, tokens per
+    step, mean L and k, policy time; a table per prompt set, JSON, CSV and plots in --out."""
+    from agents.evaluation import default_out_folder, evaluate as run_evaluation, resolve_agents, resolve_prompt_sets
+
+    with _tagged_params():
+        resolve_agents(agents)
+        resolve_prompt_sets(prompts, traces, train_traces)
+    _check_file(profile, "--profile", "latency profile")
+    folder = Path(out) if out else default_out_folder()
+    with _param("--out"):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file: give a folder.")
+        from lede_env.paths import probe_writable
+
+        probe_writable(folder / "results.json")
+
+    from rich.console import Console
+
+    result = run_evaluation(agents, prompts, traces=traces, train_traces=train_traces, limit=limit,
+                            progress=progress, env_kwargs={"profile": profile} if profile else None)
+    console = Console(highlight=False, width=max(120, Console().width))
+    for table in result.tables():
+        console.print(table)
+    written = result.save(folder)
+    console.print(f"wrote {', '.join(p.name for p in written.values())} to {folder}")
+
+
+@app.command()
 def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml)."),
             overwrite: bool = typer.Option(False, help="Replace an existing dataset with the same id.")) -> None:
     """Collect a Minari dataset of LEDE-v0 from a recipe (see datasets/README.md)."""

@@ -54,3 +54,21 @@ def test_live_and_replay_agree_on_real_prompts(smollm2, tmp_path, monkeypatch):
             np.testing.assert_allclose(r1, r2, rtol=1e-9)
             drafted += sum(x["drafted"] for x in i1)
     assert drafted > 0
+    # Adaptive drafting inside a step (stop rules): live stays exact, replay agrees on accepted counts and tokens, and
+    # on drafted counts wherever the rule stopped at or before the first rejected draft.
+    live = gym.make("LEDE-v0", model="smollm2-135m", prompts=PROMPTS, max_new_tokens=MAX_NEW_TOKENS,
+                    chat_template=True, exit_layers=EXITS, exit_heads="default", stop_rules="default")
+    replay = gym.make("LEDE-v0", backend="replay", traces=str(traces), stop_rules="default")
+    J, K, S = live.action_space.nvec
+    early = 0
+    for i in range(N_PROMPTS):
+        actions = [np.array([rng.integers(J), rng.integers(1, K), rng.integers(S)]) for _ in range(4 * MAX_NEW_TOKENS)]
+        _, i1, _ = episode(live, actions, i)
+        _, i2, _ = episode(replay, actions, i)
+        assert i1[-1]["generated_ids"] == i2[-1]["generated_ids"] == ts.traces[i].tokens.tolist()
+        assert [(x["accepted"], x["tokens"]) for x in i1] == [(x["accepted"], x["tokens"]) for x in i2]
+        for x, y in zip(i1[1:], i2[1:]):
+            if x["drafted"] <= x["accepted"] + 1 or y["drafted"] <= y["accepted"] + 1:
+                assert x["drafted"] == y["drafted"]
+            early += x["stop_rule"] != "none" and x["drafted"] < x["k"]
+    assert early > 0

@@ -23,13 +23,12 @@ FLOORS = [
     ("backends", ["lede_env.backends"]),
     ("env", ["lede_env.env", "lede_env.features", "lede_env.render", "lede_env.wrappers", "lede_env.rollout",
              "lede_env"]),
-    ("agents and analysis", ["agents", "lede_env.oracle", "lede_env.analysis", "lede_env.datasets",
-                             "lede_env.evaluation"]),
+    ("agents and analysis", ["agents", "lede_env.oracle", "lede_env.analysis", "lede_env.datasets"]),
     ("command line", ["lede_env.cli"]),
 ]
 RANK = {name: i for i, (name, _) in enumerate(FLOORS)}
 # modules that run without a model: no torch, no transformers, anywhere in them
-MODEL_FREE = ["lede_env.traces", "lede_env.reward", "lede_env.oracle", "lede_env.evaluation", "lede_env.backends.replay", "lede_env.backends.base",
+MODEL_FREE = ["lede_env.traces", "lede_env.reward", "lede_env.oracle", "lede_env.backends.replay", "lede_env.backends.base",
               "lede_env.datasets", "agents", "lede_env.features", "lede_env.rollout", "lede_env.wrappers",
               "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
               "lede_env.engine.profile"]
