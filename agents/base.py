@@ -125,7 +125,7 @@ class ActionLists:
             raise ValueError(f"This agent adapts a {kind!r} stop threshold, which needs an environment with stop "
                              "rules: make it with stop_rules='default'.")
         rules = [(i, parse_stop_rule(r)) for i, r in enumerate(self.stop_rules)]
-        cands = [(abs(r.threshold - threshold), r.threshold, i) for i, r in rules if r.kind == kind]
+        cands = [(round(abs(r.threshold - threshold), 12), r.threshold, i) for i, r in rules if r.kind == kind]
         if not cands:
             raise ValueError(f"The environment's stop rules {list(self.stop_rules)} have no {kind!r} rule: add some "
                              "(stop_rules='default' has them).")

@@ -129,18 +129,21 @@ class BestStaticAgent(StaticAgent):
         return cls(env, b.exit_layer, b.k, fitted_on=b.fitted_on, train_speedup=b.train_speedup)
 
     @classmethod
-    def fit(cls, env, traces, fitted_on: str = "") -> "BestStaticAgent":
+    def fit(cls, env, traces, fitted_on: str = "", speculative: bool = False) -> "BestStaticAgent":
         """Grid-search ``traces`` (a `lede_env.traces.TraceSet`, a path or a list of traces recorded with the
-        environment's exit layers among theirs) under ``env``'s cost table."""
+        environment's exit layers among theirs) under ``env``'s cost table; ``speculative``: over ``k >= 1`` only
+        (the best fixed exit a drafting heuristic uses, even where drafting does not pay)."""
         from lede_env.oracle import best_static
 
         spec = env_spec(env)
         if spec.cost_table is None:
             raise ValueError("best-static needs the profiled cost table (cost_model='profile').")
         trs = _training_traces(traces, spec.exit_layers)
-        j, kidx, speed = best_static(trs, spec.cost_table, spec.spec_lengths)
-        return cls(env, spec.exit_layers[j], spec.spec_lengths[kidx], fitted_on=fitted_on or str(traces),
-                   train_speedup=speed)
+        ks = [k for k in spec.spec_lengths if k > 0] if speculative else list(spec.spec_lengths)
+        if not ks:
+            raise ValueError("The environment has no speculation length k >= 1.")
+        j, kidx, speed = best_static(trs, spec.cost_table, ks)
+        return cls(env, spec.exit_layers[j], ks[kidx], fitted_on=fitted_on or str(traces), train_speedup=speed)
 
     def arguments(self) -> dict:
         return {"exit_layer": self.exit_layer, "k": self.k, "fitted_on": self.fitted_on,

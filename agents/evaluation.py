@@ -481,7 +481,8 @@ def _reference(ps: PromptSetSpec, base, trs, ctx: ZooContext) -> Reference:
     exits = tuple(base.exit_layers)
     ks = tuple(base.config.spec_lengths)
     table = np.asarray(base.cost_table, dtype=np.float64)
-    results = [solve(t, table, ks) for t in trs]
+    stops = None if base.stop_rules is None else list(base.stop_rules)
+    results = [solve(t, table, ks, stop_rules=stops) for t in trs]   # the ceiling of the agents' action space
     c_ar = float(base.c_ar)
     ar_time = sum(r.tokens * c_ar for r in results)
     cost = sum(r.total_cost for r in results)
@@ -489,9 +490,9 @@ def _reference(ps: PromptSetSpec, base, trs, ctx: ZooContext) -> Reference:
     train_static = train_speed = None
     if ctx.best_static is not None:
         fitted = ctx.best_static
-        fj, fk = exits.index(int(fitted.exit_layer)), ks.index(int(fitted.k))
+        fj = exits.index(int(fitted.exit_layer))
         train_static = (int(fitted.exit_layer), int(fitted.k))
-        train_speed = aggregate_speedup([rollout_static(t, table, fj, fk) for t in trs])
+        train_speed = aggregate_speedup([rollout_static(t, table, fj, int(fitted.k)) for t in trs])
     return Reference(prompt_set=ps.name, traces=ps.traces, train_traces=ps.train_traces, episodes=len(trs),
                      tokens=int(sum(r.tokens for r in results)), c_ar=c_ar, profile=str(base.profile.key),
                      oracle_speedup=aggregate_speedup(results), oracle_return=_saved_tokens(ar_time, cost, c_ar),
@@ -610,7 +611,10 @@ def _plot_speedup(result: EvaluationResult, path: Path) -> Path:
     fig = _figure(max(8.0, 3.5 + 0.4 * len(agents) * len(sets)), 4.5)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(agents))
-    colors = [f"C{i % 10}" for i in range(len(agents))]
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"].colors     # 20 distinct colours: agents do not share one
+    colors = [palette[i % len(palette)] for i in range(len(agents))]
     for g, ps in enumerate(sets):
         ref = result.references[ps]
         for a, name in enumerate(agents):
@@ -620,7 +624,7 @@ def _plot_speedup(result: EvaluationResult, path: Path) -> Path:
                 continue
             x = g - 0.4 + width * (a + 0.5)
             ax.bar(x, r.speedup, width * 0.92, color=colors[a], label=name if g == 0 else None,
-                   hatch="//" if r.kind in ("oracle", "best-static") else None, edgecolor="white", linewidth=0)
+                   hatch={"oracle": "xx", "best-static": "//"}.get(r.kind), edgecolor="white", linewidth=0)
         lo, hi = g - 0.45, g + 0.45
         ax.hlines(ref.oracle_speedup, lo, hi, colors="black", linewidth=1.6,
                   label="oracle (hindsight DP)" if g == 0 else None)

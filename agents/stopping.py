@@ -15,8 +15,7 @@ Published constants (from the code each paper released; the class docstrings quo
 - ``specdec++``: stop when ``1 - prod(acceptance) > 0.3``, at most 20 drafts. github.com/Kaffaljidhmah2/SpecDec_pp,
   ``specdec_pp/hf_generation.py`` and its README (``--stop_threshold 0.3 --bound 2 20``). Rule ``prod<0.7``.
 - ``svip``: stop when ``sqrt(0.15 * H) > 0.3`` (H in nats), at most 40 drafts. github.com/Geralt-Targaryen/SVIP,
-  ``vanilla-sd/eval_specbench.py`` and ``vanilla-sd/config.json``. ``H > 0.6``: the default list's nearest rule is
-  ``H>0.5``.
+  ``vanilla-sd/eval_specbench.py`` and ``vanilla-sd/config.json``. Rule ``H>0.6`` (in the default list).
 - ``kangaroo``: exit layer 2 (of Vicuna-7B's 32), stop when top-1 ``< 0.6``, at most 6 drafts.
   github.com/Equationliu/Kangaroo, ``evaluation/inference_kangaroo.py`` and its README. Rule ``p<0.6``.
 """
@@ -202,8 +201,8 @@ class SVIPAgent(_FixedRuleAgent):
     ``gamma = 0.15``, ``h = 0.3``.
 
     Rule here: ``sqrt(gamma * H) > h`` is ``H > h**2 / gamma = 0.6`` nats: the environment's ``"H>T"`` rule nearest
-    0.6 (`ActionLists.nearest_stop_index`). The default list has ``H>0.5, H>1, H>2, H>3``, so it lands on
-    ``"H>0.5"`` (stops a little earlier than SVIP); an environment that offers ``"H>0.6"`` gets it exactly. Cap: the
+    0.6 (`ActionLists.nearest_stop_index`): ``"H>0.6"`` in the default list; an environment whose list lacks it gets
+    the nearest (``"H>0.5"`` stops a little earlier than SVIP). Cap: the
     largest configured length ``<= 40``; exit ``exit_layer``. No running statistics: `predict` alone plays it."""
 
     kind = "svip"

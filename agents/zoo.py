@@ -25,27 +25,34 @@ ZOO: tuple[str, ...] = ("autoregressive", "random", "best-static", "hf-heuristic
 
 @dataclass(frozen=True)
 class ZooContext:
-    """What the zoo's fitted agents need: the best static agent fitted on the training traces (``None`` when no
-    training traces were given: agents that need it then refuse with a clear error)."""
+    """What the zoo's fitted agents need, fitted on the training traces: the best static agent (which may be plain
+    autoregressive decoding, ``k = 0``) and the best *speculative* static setting (``k >= 1``), whose exit is "the
+    best fixed exit" the single-exit heuristics draft at. ``None`` when no training traces were given: agents that
+    need them then refuse with a clear error."""
 
     best_static: Agent | None = None
+    best_speculative: Agent | None = None
     train_traces: str | None = None
 
     @classmethod
     def from_traces(cls, env, train_traces) -> "ZooContext":
         """Fit best static on ``train_traces`` (a path or a `lede_env.traces.TraceSet` of a training split)."""
         from agents.baselines import BestStaticAgent
+        from lede_env.traces import TraceSet
 
-        return cls(best_static=BestStaticAgent.fit(env, train_traces, fitted_on=str(train_traces)),
-                   train_traces=str(train_traces))
+        ts = TraceSet.load(train_traces) if not isinstance(train_traces, TraceSet) else train_traces
+        name = str(train_traces) if not isinstance(train_traces, TraceSet) else "traces"
+        return cls(best_static=BestStaticAgent.fit(env, ts, fitted_on=name),
+                   best_speculative=BestStaticAgent.fit(env, ts, fitted_on=name, speculative=True),
+                   train_traces=name)
 
     @property
     def best_exit(self) -> int:
-        """The exit layer of the best static setting ("the best fixed exit")."""
-        if self.best_static is None:
+        """The exit layer of the best speculative static setting ("the best fixed exit")."""
+        if self.best_speculative is None:
             raise ValueError("This agent drafts at the best fixed exit, found on training traces: give them "
                              "(ZooContext.from_traces(env, traces), or `lede evaluate --train-traces`).")
-        return self.best_static.exit_layer
+        return self.best_speculative.exit_layer
 
 
 def build(name: str, env, ctx: ZooContext | None = None) -> Agent:

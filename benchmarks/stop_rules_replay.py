@@ -7,12 +7,14 @@ model, SmolLM2 by default) and in replay (the shipped traces of the same prompts
 error of the replayed drafted tokens and of the replayed cost (profiled costs on both sides), and checks that the
 accepted counts and tokens are identical.
 
-Action sequences per prompt (each drives the live env; its actions are then replayed as they were):
+Action sequences per prompt (each drives the live env; its actions are then replayed as they were), with the
+published stop rules of the zoo (`agents.stopping`, `agents.hf`, `agents.layer_choice`) at fixed settings:
   random      uniform over exit, length >= 1 and stop rule
   kangaroo    exit 4 (the shallowest), cap 6, p<0.6
-  specdec     the default static exit, cap 12, prod<0.7
-  svip        the default static exit, cap 12, H>2
-  dv          the default static exit, cap 12, p<0.3
+  specdec++   the default static exit, cap 12, prod<0.7
+  svip        the default static exit, cap 12, H>0.6
+  hf-conf     the default static exit, cap 12, p<0.4 (Hugging Face's initial confidence threshold)
+  swift-conf  exit 16, cap 12, p<0.8 (SWIFT's threshold; Draft & Verify's initial one)
 
     .venv/bin/python benchmarks/stop_rules_replay.py [--prompts mixed:test] [--limit 8]
 """
@@ -54,8 +56,9 @@ def main() -> None:
 
     policies = {"random": lambda obs: np.array([rng.integers(len(exits)), rng.integers(1, len(K)),
                                                 rng.integers(len(rules))]),
-                "kangaroo": fixed(exits[0], 6, "p<0.6"), "specdec": fixed(L_static, 12, "prod<0.7"),
-                "svip": fixed(L_static, 12, "H>2"), "dv": fixed(L_static, 12, "p<0.3")}
+                "kangaroo": fixed(exits[0], 6, "p<0.6"), "specdec++": fixed(L_static, 12, "prod<0.7"),
+                "svip": fixed(L_static, 12, "H>0.6"), "hf-conf": fixed(L_static, 12, "p<0.4"),
+                "swift-conf": fixed(16, 12, "p<0.8")}
     rows = []
     bar = tqdm(total=args.limit * len(policies), desc="live vs replay")
     for i in range(args.limit):

@@ -166,7 +166,8 @@ class LEDEEnv(gym.Env):
     ``info`` (in ``env.unwrapped.timing``) so that its steps are deterministic.
 
     ## Public attributes (what agents may read)
-    ``exit_layers``, ``config.spec_lengths``, ``stop_rules`` (tuple or None), ``layout`` (the observation layout),
+    ``config`` (the `EnvConfig`: ``spec_lengths``, ``backend``, ``traces``, ``lam``, ...), ``exit_layers``,
+    ``stop_rules`` (tuple or None), ``layout`` (the observation layout),
     ``cost_table`` (profiled cost in seconds of a step at exit index ``j`` that drafted ``d`` tokens,
     ``cost_table[j, d]``; None under the wall clock), ``c_ar`` (cost of an autoregressive step), ``max_new_tokens``,
     ``num_layers``.
@@ -347,7 +348,8 @@ class LEDEEnv(gym.Env):
         reward = step_reward(n, cost, self._c_ar, cfg.lam)
         self._generated.extend(s.tokens)
         self._kinds.append((s.drafted, s.accepted, n))
-        obs = self.features.update(s, len(self._generated), self.max_new_tokens)
+        verified = None if stop is None else min(s.drafted, s.accepted + 1)   # exact in replay (features docstring)
+        obs = self.features.update(s, len(self._generated), self.max_new_tokens, verified)
         return obs, float(reward), bool(s.finished), bool(s.truncated), self._info(s, cost, stop)
 
     def _action_indices(self, action) -> tuple[int, int, int]:

@@ -18,6 +18,12 @@ Layout, for J exit layers and P probe layers (``ObservationLayout.table()`` prin
                                              average, weight 0.25 on the newest step, prior 0.5)
   7+P+J        budget_used          [0, 1]   generated tokens / max_new_tokens
 Confidence and cosine features are 0 before the first step.
+
+With stop rules (``LEDE-v0``'s ``stop_rules`` option), a step whose draft a rule could stop counts only its
+*verified* drafts in ``last_drafted``, ``last_accept_rate`` and ``accept_ema_L<L>``: ``min(drafted, accepted + 1)``,
+the accepted drafts and the first rejected one. Past the first rejected draft the replay's drafted count is an
+approximation (`lede_env.traces.Trace.drafted_under`); the verified count is exact, so live and replay still give
+the same observations. (``info["drafted"]`` and the cost keep the whole count.)
 """
 
 from __future__ import annotations
@@ -91,18 +97,21 @@ class FeatureTracker:
         self.obs[-1] = min(1.0, generated / max_new_tokens)
         return self.obs.copy()
 
-    def update(self, s: BackendStep, generated: int, max_new_tokens: int) -> np.ndarray:
+    def update(self, s: BackendStep, generated: int, max_new_tokens: int, drafted: int | None = None) -> np.ndarray:
+        """The observation after step ``s``; ``drafted`` replaces ``s.drafted`` in the features (the environment
+        passes the verified drafts of a step stopped by a stop rule: module docstring)."""
         o, kmax = self.obs, self.kmax
+        d = s.drafted if drafted is None else drafted
         o[0] = self._exit_frac[s.exit_layer]
-        o[1] = s.drafted / kmax
-        rate = s.accepted / s.drafted if s.drafted else 0.0
+        o[1] = d / kmax
+        rate = s.accepted / d if d else 0.0
         o[2] = rate
         o[3] = len(s.tokens) / (kmax + 1)
         o[4] = _clamp(s.full_maxprob)
         o[5] = _clamp(s.full_entropy / self.log_vocab)
         o[6] = _clamp(s.draft_maxprob)
         o[self._cos] = [_clamp(c, -1.0) for c in s.probe_cos]
-        if s.drafted:
+        if d:
             i = self._ema[s.exit_layer]
             o[i] = (1 - EMA_WEIGHT) * o[i] + EMA_WEIGHT * rate
         o[-1] = min(1.0, generated / max_new_tokens)

@@ -141,6 +141,9 @@ def _stop_lengths(trace: Trace, stops: Sequence[StopRule], kmax: int) -> np.ndar
     """``first[t, j, s]``: the draft length at which rule ``s`` stops a draft from pending ``g_t`` at exit column
     ``j`` with no cap (``kmax + 1`` when it does not stop within ``kmax`` tokens): `Trace.drafted_under` for all
     (t, j, s) at once, the same reading of the trace (a test holds the two equal)."""
+    if any(r.needs_entropy for r in stops) and not trace.has_entropy:
+        raise ValueError("An entropy stop rule (H>...) needs the draft entropies, which this trace did not record "
+                         "(trace format 1): re-record it with `lede trace`.")
     last = trace.length - 1
     J, S = len(trace.exit_layers), len(stops)
     never = kmax + 1

@@ -10,8 +10,9 @@ have ``T - 1`` rows.
 Exactness argument (DESIGN.md section 2): under greedy decoding, drafting at exit ``L`` from pending
 ``g_t`` proposes ``d_1 = draft_tokens[t, L]``; while ``d_i == g_{t+i}`` the draft's prefix equals the greedy
 prefix, so ``d_{i+1} = draft_tokens[t+i, L]``. Drafts past the first mismatch are rejected whatever they
-are, and the engine always drafts the full (budget-clipped) ``k``, so the accepted count, the tokens
-produced and the work done are all known from the trace.
+are, and the engine drafts the full (budget-clipped) ``k`` unless a stop rule stops it, so the accepted
+count and the tokens produced are known from the trace, and so is the work done without a stop rule (with one,
+see `Trace.drafted_under`).
 
 This module is pure numpy: the replay backend, the oracle and the agents use it without a model.
 """
@@ -145,9 +146,13 @@ class Trace:
         Along the accepted drafts and the first rejected one, the draft's inputs are the greedy prefix, so the
         recorded confidences at rows ``t, t+1, ..`` are the draft's own and the decision is exact. Past the first
         rejected draft the trace cannot know the draft's confidence (its input is no longer the greedy prefix):
-        the replay then reads the confidences recorded along the greedy path at the same rows, as a proxy, and
-        past the end of the trace it does not stop. Only the drafted count (and so the cost) can differ from live
-        there: the accepted count and the tokens produced do not depend on it."""
+        the replay then reads the confidences recorded along the greedy path at the same rows, as a proxy. After the
+        trace's final token (drafts that ran through EOS) there is no recorded row: the replay does not stop there.
+        Only the drafted count (and so the cost, and what is computed from it) can differ from live in these two
+        cases: the accepted count and the tokens produced do not depend on it."""
+        if stop.needs_entropy and not self.has_entropy:
+            raise ValueError(f"The stop rule {stop.text} reads the draft entropy, which this trace did not record "
+                             "(trace format 1): re-record it with `lede trace`.")
         end = min(t + cap, self.length - 1)
         ent = self.draft_entropy[t:end, j].tolist() if stop.needs_entropy else None
         return draft_length(stop, cap, self.draft_maxprob[t:end, j].tolist(), ent)

@@ -329,8 +329,9 @@ def test_reset_skips_prompts_that_end_at_the_prefill(tmp_path):
 
 def test_stop_rules_live_is_exact_and_replay_agrees(tiny_setup, tiny):
     """With stop rules (adaptive drafting inside a step) the live output is still the greedy output; replay gives
-    the same accepted counts, tokens and ends for the same actions, and the same drafted counts wherever the rule
-    stopped at or before the first rejected draft (past it the replay reads a proxy: `Trace.drafted_under`)."""
+    the same accepted counts, tokens, observations and ends for the same actions, and the same drafted counts
+    wherever the rule stopped at or before the first rejected draft (past it, and after the final token, the replay
+    reads a proxy: `Trace.drafted_under`)."""
     from lede_env.traces import TraceSet
 
     ts = TraceSet.load(tiny_setup["traces"])
@@ -351,8 +352,10 @@ def test_stop_rules_live_is_exact_and_replay_agrees(tiny_setup, tiny):
         actions = [np.array([rng.integers(len(EXITS)), rng.integers(3, len(SPEC)), rng.integers(len(rules))])
                    for _ in range(60)]
         del live_steps[:], rep_steps[:]
-        _, i1, r1, *end1 = run_episode(live, actions, i)
-        _, i2, r2, *end2 = run_episode(rep, actions, i)
+        o1, i1, r1, *end1 = run_episode(live, actions, i)
+        o2, i2, r2, *end2 = run_episode(rep, actions, i)
+        # the observations count verified drafts only: exact in replay too
+        np.testing.assert_allclose(np.array(o1), np.array(o2), rtol=2e-6, atol=1e-7)
         prompt = i1[0]["prompt_ids"]
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=TINY_MAX_NEW_TOKENS,
                              do_sample=False)[0, len(prompt):].tolist()
@@ -362,8 +365,8 @@ def test_stop_rules_live_is_exact_and_replay_agrees(tiny_setup, tiny):
             assert (a.accepted, a.tokens, a.finished, a.truncated) == (b.accepted, b.tokens, b.finished, b.truncated)
             assert x["stop_rule"] in rules
             early += x["stop_rule"] != "none" and a.drafted < a.k
-            if a.drafted <= a.accepted + 1 or b.drafted <= b.accepted + 1:
-                assert a.drafted == b.drafted            # decided on the committed prefix: exact
+            if (a.drafted <= a.accepted + 1 or b.drafted <= b.accepted + 1) and not a.finished:
+                assert a.drafted == b.drafted            # decided on the committed prefix (before EOS): exact
             else:
                 proxied += 1
     assert early > 10 and proxied > 0   # the rules stopped drafts early, some past the first rejected draft

@@ -381,7 +381,33 @@ def test_stop_rules_do_not_raise_the_optimum_and_the_policy_plays_it():
             ret += out.produced - table[j, out.drafted] / table[0, 0]
             t += out.produced
         assert ret == pytest.approx(plain.episode_return, rel=1e-9)
-    # with a coarse length grid a stop rule can do better than any fixed length (the space is larger)
+    # with a coarse length grid a stop rule can do strictly better than any fixed length: runs of one accepted
+    # draft, a confident first draft and an unsure second one; drafting 2 pays, 6 does not, and p<0.5 stops at 2
+    from dataclasses import replace
+
+    T = 21
+    tokens = np.arange(10, 10 + T)
+    agree = np.zeros((T - 1, 1), dtype=bool)
+    agree[::2] = True                                    # run lengths 1, 0, 1, 0, ...
+    tr = make_trace(T, [0.5], seed=0)
+    tr = replace(tr, tokens=tokens, exit_layers=(4,), draft_tokens=np.where(agree, tokens[1:, None], 0),
+                 draft_maxprob=np.where(agree, 0.9, 0.1).astype(np.float32),
+                 draft_entropy=np.zeros((T - 1, 1), np.float32))
+    costs = np.array([[1.0, 1.1, 1.2, 2.0, 2.1, 2.2, 2.3]])          # c_ar = 1; 2 drafts + verify: 1.2 < 2
     coarse = (0, 6)
-    tr = _with_confidences(make_trace(80, [0.2, 0.7, 0.9], seed=9), 9)
-    assert solve(tr, table, coarse, stop_rules=RULES).episode_return >= solve(tr, table, coarse).episode_return
+    best = solve(tr, costs, coarse, stop_rules=("none", "p<0.5"))
+    assert best.episode_return > solve(tr, costs, coarse).episode_return + 1
+    assert sum(a[1:] == (1, 1) for a in best.actions) >= len(best.actions) - 2   # k = 6, stopped by p<0.5 (but
+    # near the end, where the budget clips k)
+
+
+def test_entropy_rules_refuse_traces_without_entropies():
+    from lede_env.engine.stop_rules import parse_stop_rule
+
+    tr = make_trace(20, [0.5, 0.5])                 # format-1 style: no draft entropies (NaN)
+    assert not tr.has_entropy
+    with pytest.raises(ValueError, match="entropy"):
+        solve(tr, make_costs(2, 4), (0, 4), stop_rules=("none", "H>1"))
+    with pytest.raises(ValueError, match="entropy"):
+        tr.outcome(0, 0, 4, parse_stop_rule("H>1"))
+    assert solve(tr, make_costs(2, 4), (0, 4), stop_rules=("none", "p<0.6")).steps > 0

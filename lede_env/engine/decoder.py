@@ -15,8 +15,10 @@ A step with action ``(L, k)``:
              rule, whose output distribution is exactly the full model's.
   4. commit: accepted drafts plus one full-model token (correction or bonus) are produced; every layer's
              cache is cropped to the committed length minus one.
-``k == 0`` is a plain autoregressive step. The engine always drafts the full (budget-clipped) ``k``, also past
-an EOS draft: that keeps the work of a step a function of the committed prefix, which replay relies on.
+``k == 0`` is a plain autoregressive step. The engine drafts the full (budget-clipped) ``k``, also past an EOS
+draft, unless a stop rule (`lede_env.engine.stop_rules`) stops it on the draft's confidence: without one the work
+of a step is a function of the committed prefix, which replay relies on; with one, replay knows it up to the first
+rejected draft (`lede_env.traces.Trace.drafted_under`).
 
 The engine knows nothing of RL: the environment turns `StepResult` into observations and rewards.
 """

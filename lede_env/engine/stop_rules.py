@@ -48,7 +48,7 @@ class StopRule:
 
     @property
     def text(self) -> str:
-        return "none" if self.kind == "none" else f"{self.kind}{_OPS[self.kind]}{self.threshold:g}"
+        return "none" if self.kind == "none" else f"{self.kind}{_OPS[self.kind]}{self.threshold:.12g}"
 
     def stops(self, maxprob: float, entropy: float, product: float) -> bool:
         """Whether drafting stops after a token with max probability ``maxprob`` and entropy ``entropy``,

@@ -237,3 +237,18 @@ def test_lede_evaluate_on_the_shipped_traces(tmp_path):
     assert not (tmp_path / "x").exists()
     assert Path(doc["references"]["mixed:test"]["traces"]) == SHIPPED_TEST
     assert Path(doc["references"]["mixed:test"]["train_traces"]) == train
+
+
+def test_gapped_lengths_references_and_oracle_share(files):
+    """With lengths that are not 0..kmax the fitted best static's reference uses its *length* (not its index), and
+    the oracle's reference covers the stop rules the agents may use (a stop rule can draft a length no fixed k
+    offers): the oracle agent's share stays exactly 1."""
+    for spec in ((0, 2, 4), (0, 4)):
+        res = evaluate(["best-static", "oracle", "svip"], ["synthetic:test"], traces=[files["test"]["traces"]],
+                       train_traces=files["train"]["traces"], progress=False,
+                       env_kwargs={"profile": files["test"]["profile"], "spec_lengths": spec})
+        ref = res.references["synthetic:test"]
+        static, oracle = res.row("best-static", "synthetic:test"), res.row("oracle", "synthetic:test")
+        assert ref.train_static_speedup == pytest.approx(static.speedup, rel=1e-12)
+        assert oracle.share == pytest.approx(1.0, abs=1e-12) and oracle.speedup == pytest.approx(ref.oracle_speedup)
+        assert res.row("svip", "synthetic:test").share <= 1.0 + 1e-12

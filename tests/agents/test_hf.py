@@ -99,7 +99,7 @@ def test_heuristic_episode_by_hand(files):
 
 def test_heuristic_default_start_and_persistence(files):
     env = make_env(files)
-    agent = build("hf-heuristic", env, ZooContext(best_static=BestStaticAgent(env, LAYER, 2)))
+    agent = build("hf-heuristic", env, ZooContext(best_static=BestStaticAgent(env, LAYER, 2), best_speculative=BestStaticAgent(env, LAYER, 2)))
     assert agent.arguments() == {"exit_layer": LAYER, "num_assistant_tokens": 20, "schedule": "heuristic"}
     assert not needs_stop_rules("hf-heuristic")
     ep = rollout(env, agent, options={"prompt_index": 0})
@@ -200,6 +200,6 @@ def test_evaluate_policy_runs_without_hooks(files):
 
     for name in ("hf-heuristic", "hf-dynamic"):
         env = Monitor(make_env(files, stop_rules="default"))
-        agent = build(name, env, ZooContext(best_static=BestStaticAgent(env, LAYER, 2)))
+        agent = build(name, env, ZooContext(best_static=BestStaticAgent(env, LAYER, 2), best_speculative=BestStaticAgent(env, LAYER, 2)))
         mean, _ = evaluation.evaluate_policy(agent, env, n_eval_episodes=2, warn=False)
         assert np.isfinite(mean)

@@ -68,7 +68,7 @@ def files(tmp_path_factory):
 
 
 def ctx_for(env):
-    return ZooContext(best_static=BestStaticAgent(env, LAYER, 2))
+    return ZooContext(best_static=BestStaticAgent(env, LAYER, 2), best_speculative=BestStaticAgent(env, LAYER, 2))
 
 
 def rules_of(env, ep):

@@ -14,6 +14,7 @@ def test_parse_and_canonical_text():
             parse_stop_rule(bad)
     assert parse_stop_rules("default") == DEFAULT_STOP_RULES
     assert parse_stop_rules("none,p<0.5") == ("none", "p<0.5")
+    assert parse_stop_rules(["p<0.1234567", "p<0.1234568"]) == ("p<0.1234567", "p<0.1234568")   # not rounded
     with pytest.raises(ValueError, match="distinct"):
         parse_stop_rules(["p<0.5", "p<0.50"])
     assert DEFAULT_STOP_RULES[0] == "none" and len(set(DEFAULT_STOP_RULES)) == len(DEFAULT_STOP_RULES)
