@@ -53,7 +53,6 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from agents.base import CONFIG, KINDS, agent_class, load
 from agents.oracle import replay_traces
 from agents.zoo import ZOO, ZooContext, build
 from lede_env.oracle import Rollout, aggregate_speedup, best_static, rollout_static, solve
+from lede_env.paths import tag_argument
 
 __all__ = ["AgentSpec", "PromptSetSpec", "EvaluationRow", "Reference", "EvaluationResult",
            "resolve_agents", "resolve_prompt_sets", "evaluate", "default_out_folder", "SHARE_DEFINITION",
@@ -110,18 +110,6 @@ class PromptSetSpec:
     train_note: str = ""
 
 
-@contextmanager
-def _argument(name: str):
-    """Tag an expected error raised inside with the argument it is about (``error.argument``, as `lede_env.record`
-    does: the command line turns it into a usage error for that option)."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        if getattr(e, "argument", None) is None:
-            e.argument = name
-        raise
-
-
 def _split_list(items: Sequence[str] | str) -> list[str]:
     if isinstance(items, str):
         items = items.split(",")
@@ -133,7 +121,7 @@ def resolve_agents(agents: Sequence[str] | str) -> list[AgentSpec]:
     (`agents.zoo.ZOO`). Each is a zoo name, ``static-L<L>-k<k>`` or a folder holding a saved agent's
     ``config.json``. ``ValueError`` naming the zoo for an unknown name, a zoo agent whose kind is not registered
     (`agents.base.KINDS`), a name given twice (tagged ``error.argument = "agents"``)."""
-    with _argument("agents"):
+    with tag_argument("agents"):
         return _resolve_agents(agents)
 
 
@@ -197,18 +185,18 @@ def resolve_prompt_sets(prompt_sets: Sequence[str] | str, traces: Sequence[str] 
     argument: ``error.argument`` is ``"prompts"``, ``"traces"`` or ``"train_traces"``)."""
     from lede_env.defaults import shipped_traces
 
-    with _argument("prompts"):
+    with tag_argument("prompts"):
         names = _split_list(prompt_sets)
         if not names:
             raise ValueError("No prompt sets given: e.g. mixed:test or mixed:test,humaneval:test.")
         if len(set(names)) != len(names):
             raise ValueError(f"Prompt sets given twice: {names}.")
-    with _argument("traces"):
+    with tag_argument("traces"):
         paths = None if traces is None else _split_list(traces)
         if paths is not None and len(paths) != len(names):
             raise ValueError(f"{len(paths)} trace files for {len(names)} prompt sets ({', '.join(names)}): give "
                              "one per prompt set, in the same order.")
-    with _argument("train_traces"):
+    with tag_argument("train_traces"):
         train = None if train_traces is None else _split_list(train_traces)
         if train is not None and len(train) not in (1, len(names)):
             raise ValueError(f"{len(train)} training trace files for {len(names)} prompt sets: give one for all, "
@@ -216,18 +204,18 @@ def resolve_prompt_sets(prompt_sets: Sequence[str] | str, traces: Sequence[str] 
     out = []
     for i, name in enumerate(names):
         if paths is None:
-            with _argument("prompts"):
+            with tag_argument("prompts"):
                 test = str(shipped_traces(name))
         else:
             test = paths[i]
             if not Path(test).is_file():
-                with _argument("traces"):
+                with tag_argument("traces"):
                     raise FileNotFoundError(f"No trace file at {test} (record one with `lede trace`).")
         note = ""
         if train is not None:
             tr: str | None = train[0] if len(train) == 1 else train[i]
             if not Path(tr).is_file():
-                with _argument("train_traces"):
+                with tag_argument("train_traces"):
                     raise FileNotFoundError(f"No training trace file at {tr} (record one with `lede trace`).")
         else:
             base, _, split = name.partition(":")
@@ -524,7 +512,7 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
     from lede_env.rollout import rollout
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
-        with _argument("limit"):
+        with tag_argument("limit"):
             raise ValueError(f"limit must be an integer >= 1, got {limit!r}.")
     specs = resolve_agents(agents)
     sets = resolve_prompt_sets(prompt_sets, traces, train_traces)

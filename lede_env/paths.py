@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
@@ -104,3 +105,15 @@ def probe_writable(path: str | os.PathLike) -> None:
             pass
     except OSError as e:
         raise PermissionError(f"Cannot write {path}: {e.strerror or e} in {existing}.") from None
+
+
+@contextmanager
+def tag_argument(name: str):
+    """Tag an expected error (``ValueError``, ``OSError``) raised inside with the argument it is about
+    (``error.argument``): the command line turns it into a usage error for that option."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        if getattr(e, "argument", None) is None:
+            e.argument = name
+        raise

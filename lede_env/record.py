@@ -24,14 +24,13 @@ import json
 import os
 import shutil
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lede_env.engine.limits import check_layer_range, parse_layers
-from lede_env.paths import check_model_name, model_fingerprint, probe_writable
+from lede_env.paths import check_model_name, model_fingerprint, probe_writable, tag_argument
 from lede_env.traces import Trace, TraceFileError, TraceSet
 
 __all__ = ["record_trace", "record_traces_for", "prepare_recording", "Recording", "check_trace_output",
@@ -85,17 +84,6 @@ def check_trace_output(out: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-@contextmanager
-def _argument(name: str):
-    """Tag an expected error raised inside with the argument it is about (``error.argument``, module docstring)."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        if getattr(e, "argument", None) is None:
-            e.argument = name
-        raise
-
-
 def _check_arguments(prompts: str, limit: int | None, max_new_tokens: int, heads: str | None,
                      exit_layers, probe_layers, max_context: int | None):
     """Everything about the arguments that can be checked without the model; returns (prompt list, exit layers,
@@ -103,24 +91,24 @@ def _check_arguments(prompts: str, limit: int | None, max_new_tokens: int, heads
     from lede_env.defaults import check_heads_spec
     from lede_env.prompts import load_prompts
 
-    with _argument("limit"):
+    with tag_argument("limit"):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
             raise ValueError(f"limit must be an integer >= 1 (the number of prompts to record), got {limit!r}.")
-    with _argument("max_new_tokens"):
+    with tag_argument("max_new_tokens"):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or \
                 max_new_tokens < 2:
             raise ValueError(f"max_new_tokens must be an integer >= 2, got {max_new_tokens!r}.")
-    with _argument("max_context"):
+    with tag_argument("max_context"):
         if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
                                         or max_context < 2):
             raise ValueError(f"max_context must be an integer >= 2, got {max_context!r}.")
-    with _argument("heads"):
+    with tag_argument("heads"):
         check_heads_spec(heads)
     layers = []
     for name, spec in (("exit_layers", exit_layers), ("probe_layers", probe_layers)):
-        with _argument(name):
+        with tag_argument(name):
             layers.append(None if spec is None else parse_layers(spec, name))
-    with _argument("prompts"):
+    with tag_argument("prompts"):
         plist = load_prompts(prompts)
     return (plist[:limit] if limit else plist), layers[0], layers[1]
 
@@ -329,9 +317,9 @@ def prepare_recording(model: str | os.PathLike, prompts: str | os.PathLike, out:
     model = os.fspath(model)
     prompts = os.fspath(prompts)
     heads = None if heads is None else os.fspath(heads)
-    with _argument("out"):
+    with tag_argument("out"):
         out_path = check_trace_output(os.fspath(out), overwrite)
-    with _argument("model"):
+    with tag_argument("model"):
         check_model_name(model)
     plist, exits, probes = _check_arguments(prompts, limit, max_new_tokens, heads, exit_layers, probe_layers,
                                             max_context)
