@@ -3,8 +3,9 @@ signature (`agents.base.Agent`), saved with ``agent.save(folder)`` and rebuilt w
 
 Families: `agents.baselines` (random, autoregressive, static, best static, mixtures), `agents.oracle` (the
 hindsight ceiling, replay only), the published speculation heuristics (`agents.hf`, `agents.stopping`,
-`agents.layer_choice`, `agents.bandit`); `agents.zoo` builds any of them by name; `agents.behaviour` turns a
-dataset recipe's behaviour into an agent and collects its dataset (``lede collect``).
+`agents.layer_choice`, `agents.bandit`); `agents.zoo` builds any of them by name; `agents.evaluation` scores them
+side by side (``lede evaluate``); `agents.behaviour` turns a dataset recipe's behaviour into an agent and collects
+its dataset (``lede collect``).
 """
 
 from agents.base import KINDS, ActionLists, Agent, EnvSpec, action_lists, env_spec, load, register
