@@ -11,15 +11,23 @@ from typing import Callable, Sequence
 from lede_env.engine.profile import LatencyProfile, cpu_signature, heads_label
 
 
-def _median_time(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved_medians(timers: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None] = lambda: None,
+                        progress: bool = False) -> dict[str, float]:
+    """Median seconds of each timer over ``repeats`` rounds, the timers taken in turn within each round (round-robin),
+    not one block of repeats per timer: a machine whose speed drifts during the measurement (a thread pool still
+    spinning, a neighbour on a shared host, the clock) then shifts every component alike, and the ratios the profile
+    is used for (a draft against a plain step, a long verification against a short one) stay right."""
+    from tqdm import tqdm
+
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in tqdm(range(repeats), desc="profiling", disable=not progress):
+        for name, fn in timers.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def component_timers(decoder, exit_layers: Sequence[int], positions: Sequence[int], context: int = 128
@@ -84,9 +92,8 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
                     context: int = 128, repeats: int = 15, progress: bool = True
                     ) -> LatencyProfile:
     """Measure a `LatencyProfile` with a `SelfSpeculativeDecoder` (its model, exit heads, dtype and path), with
-    `component_timers` (medians over ``repeats``)."""
+    `component_timers` (medians over ``repeats`` rounds, the components interleaved: `interleaved_medians`)."""
     import torch
-    from tqdm import tqdm
 
     from lede_env.engine.decoder import _sync
 
@@ -99,9 +106,10 @@ def measure_profile(decoder, model_name: str, exit_layers: Sequence[int], max_ve
         for _ in range(20):  # warm-up: first calls pay for allocations and kernel selection
             timers["verify q=1"]()
             timers[f"verify q={min(4, max_verify)}"]()
-        for name in tqdm(list(timers), desc="profiling", disable=not progress):
-            timers[name]()
-            t = _median_time(timers[name], repeats, sync)
+        for fn in timers.values():   # each component once before timing
+            fn()
+        medians = interleaved_medians(timers, repeats, sync, progress)
+        for name, t in medians.items():
             kind, value = name.split(" ")
             n = int(value.split("=")[1])
             if kind == "draft":

@@ -93,3 +93,17 @@ def test_profile_records_its_build_and_a_live_env_on_another_build_warns(tiny_se
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleProfileWarning)
         gym.make("LEDE-v0", profile=tiny_setup["profile"], **kw)
+
+
+def test_components_are_timed_interleaved():
+    """Each round times every component once, in turn (a drifting machine shifts them alike), and the medians are
+    per component."""
+    from lede_env.engine.measure import interleaved_medians
+
+    calls = []
+    timers = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    syncs = []
+    out = interleaved_medians(timers, repeats=4, sync=lambda: syncs.append(1))
+    assert calls == ["a", "b", "c"] * 4
+    assert set(out) == {"a", "b", "c"} and all(v >= 0 for v in out.values())
+    assert len(syncs) == 2 * 12                      # before and after every timed call
