@@ -360,12 +360,13 @@ class LEDEEnv(gym.Env):
         nvec = self._nvec
         if a.size == len(nvec) and a.dtype != object:
             try:
-                idx = [int(x) for x in a.reshape(-1).tolist()]
+                idx = a.reshape(-1).tolist()
+                j, kidx, s = int(idx[0]), int(idx[1]), (int(idx[2]) if len(idx) == 3 else 0)
             except (TypeError, ValueError, OverflowError):
                 pass
             else:
-                if all(0 <= i < n for i, n in zip(idx, nvec)):
-                    return idx[0], idx[1], (idx[2] if len(idx) == 3 else 0)
+                if 0 <= j < nvec[0] and 0 <= kidx < nvec[1] and (len(nvec) == 2 or 0 <= s < nvec[2]):
+                    return j, kidx, s
         J, K = nvec[:2]
         parts = (f"exit index in 0..{J - 1} (exit layers {list(self.exit_layers)}), length index in 0..{K - 1} "
                  f"(speculation lengths {list(self.config.spec_lengths)})")

@@ -370,3 +370,12 @@ def test_stop_rules_live_is_exact_and_replay_agrees(tiny_setup, tiny):
             else:
                 proxied += 1
     assert early > 10 and proxied > 0   # the rules stopped drafts early, some past the first rejected draft
+
+
+def test_stop_rule_actions_out_of_range_are_refused(tiny_setup):
+    env = replay(tiny_setup, stop_rules=("none", "p<0.5"))
+    env.reset(seed=0)
+    for bad in ([0, 0, 2], [0, 0, -1], [0, 0], [len(EXITS), 0, 0]):
+        with pytest.raises(ValueError, match=r"stop-rule index in 0..1 \(stop rules \['none', 'p<0.5'\]\)"):
+            env.step(np.array(bad))
+    env.step(np.array([0, 1, 1]))

@@ -17,13 +17,13 @@ class _Rows:
     tokens: list[int]
     full_maxprob: list[float]
     full_entropy: list[float]
-    draft_maxprob: list[list[float]]
+    draft_maxprob: list[list[float]]   # per exit column: the column as a list (a step slices it)
     probe_cos: list[tuple[float, ...]]
 
     @classmethod
     def of(cls, tr: Trace) -> "_Rows":
         return cls(tokens=tr.tokens.tolist(), full_maxprob=tr.full_maxprob.tolist(),
-                   full_entropy=tr.full_entropy.tolist(), draft_maxprob=tr.draft_maxprob.tolist(),
+                   full_entropy=tr.full_entropy.tolist(), draft_maxprob=tr.draft_maxprob.T.tolist(),
                    probe_cos=[tuple(row) for row in tr.probe_cos.tolist()])
 
 
@@ -75,6 +75,6 @@ class ReplayBackend:
             exit_layer=exit_layer, k=k, drafted=out.drafted, accepted=out.accepted,
             tokens=tuple(rows.tokens[t + 1: t + 1 + produced]), wall_time=None,
             full_maxprob=rows.full_maxprob[last], full_entropy=rows.full_entropy[last],
-            draft_maxprob=rows.draft_maxprob[t + d - 1][j] if d > 0 else 0.0,
+            draft_maxprob=rows.draft_maxprob[j][t + d - 1] if d > 0 else 0.0,
             probe_cos=rows.probe_cos[last], finished=out.finished and not truncated, truncated=truncated,
-            draft_confidences=tuple(rows.draft_maxprob[t + i][j] for i in range(d)))
+            draft_confidences=tuple(rows.draft_maxprob[j][t:t + d]))
