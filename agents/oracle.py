@@ -40,8 +40,10 @@ def _restrict(trace, exit_layers: tuple[int, ...], index: int):
     if tuple(trace.exit_layers) == tuple(exit_layers) and trace.prompt_index == index:
         return trace
     cols = [trace.layer_index(L) for L in exit_layers]
+    first = {f"first_{n}": getattr(trace, f"first_{n}")[:, cols] for n in ("tokens", "maxprob", "entropy")} \
+        if trace.has_first else {}
     return replace(trace, prompt_index=index, exit_layers=tuple(exit_layers), draft_tokens=trace.draft_tokens[:, cols],
-                   draft_maxprob=trace.draft_maxprob[:, cols], draft_entropy=trace.draft_entropy[:, cols])
+                   draft_maxprob=trace.draft_maxprob[:, cols], draft_entropy=trace.draft_entropy[:, cols], **first)
 
 
 @register

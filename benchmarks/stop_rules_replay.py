@@ -46,7 +46,7 @@ def main() -> None:
     base = live.unwrapped
     rules = list(base.stop_rules)
     exits = list(base.exit_layers)
-    L_static = model_defaults("smollm2-135m").get("best_static", {}).get("kl+vocab", [exits[0], 1])[0]
+    L_static = model_defaults("smollm2-135m").get("best_static", {}).get(model_defaults("smollm2-135m").get("heads_label"), [exits[0], 1])[0]
     K = list(base.config.spec_lengths)
     rng = np.random.default_rng(args.seed)
 

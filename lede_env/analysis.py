@@ -33,7 +33,9 @@ def profile_for_traces(ts: TraceSet, threads: int = 2, path: str = "auto", sourc
 
 
 def oracle_summary(ts: TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[int], lam: float = 1.0) -> dict:
-    """Oracle speedup, best static setting and its speedup, agreement per exit layer, and the oracle's return
+    """Oracle speedup, best static setting and its speedup, agreement per exit layer (``agreement``: a step's first
+    draft; ``later_agreement``: the drafts after it, which differ for heads that read the verified feature), and the
+    oracle's return
     under ``lam`` (> 0: `lede_env.oracle`'s docstring says why). Both optimise the same objective, so the
     oracle's speedup is never below best static's."""
     traces = list(ts.traces if isinstance(ts, TraceSet) else ts)
@@ -42,8 +44,11 @@ def oracle_summary(ts: TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[
     results = [solve(t, cost_table, spec_lengths, lam) for t in traces if t.length > 1]
     j, kidx, static = best_static(traces, cost_table, spec_lengths, lam)
     layers = traces[0].exit_layers
-    stepped = [t.agree for t in traces if t.length > 1]
-    agree = np.concatenate(stepped).mean(axis=0).tolist() if stepped else [float("nan")] * len(layers)
+    def mean_of(name: str) -> list[float]:
+        stepped = [getattr(t, name) for t in traces if t.length > 1]
+        return np.concatenate(stepped).mean(axis=0).tolist() if stepped else [float("nan")] * len(layers)
+
+    agree, later = mean_of("first_agree"), mean_of("agree")
     oracle = aggregate_speedup(results)
     # Cannot happen for lam > 0 (same objective): a bug if it does, up to the DP's tie rule, which may give up a
     # relative _TIE_RTOL of the return-to-go at each position it solves (|V| <= tokens + cost / c_ar, so relative to
@@ -54,6 +59,7 @@ def oracle_summary(ts: TraceSet, cost_table: np.ndarray, spec_lengths: Sequence[
         raise AssertionError(f"oracle speedup {oracle} below best static {static}")
     return {"oracle_speedup": oracle, "best_static": (layers[j], spec_lengths[kidx]),
             "best_static_speedup": static, "agreement": dict(zip(layers, agree)),
+            "later_agreement": dict(zip(layers, later)),
             "oracle_return": float(sum(r.episode_return for r in results)),
             "tokens": int(sum(t.length - 1 for t in traces))}
 

@@ -359,8 +359,8 @@ def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml).
 
 @app.command("fit-heads")
 def fit_heads(model: str = typer.Option("smollm2-135m", help="Model name or local Llama directory."),
-              kinds: str = typer.Option("ridge,kl", help="Comma-separated head kinds: ridge, kl, kl-mlp."),
-              layers: str = typer.Option("4,6,8,10,12,14,16,18,20,22,24,26,28",
+              kinds: str = typer.Option("ridge,kl", help="Comma-separated head kinds: ridge, kl, kl-mlp, eagle."),
+              layers: str = typer.Option("1,2,4,6,8,10,12,14,16,18,20,22,24,26,28",
                                          help="Comma-separated exit layers."),
               train_prompts: str = typer.Option("mixed:train,humaneval:train"),
               test_prompts: str = typer.Option("mixed:test,humaneval:test"),
@@ -375,9 +375,11 @@ def fit_heads(model: str = typer.Option("smollm2-135m", help="Model name or loca
 
     _check_model(model)
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
-    unknown = sorted(set(kind_list) - {"ridge", "kl", "kl-mlp"})
+    from lede_env.heads_fitting.fit import FITTED_KINDS
+
+    unknown = sorted(set(kind_list) - set(FITTED_KINDS))
     if not kind_list or unknown:
-        raise typer.BadParameter(f"head kinds are ridge, kl and kl-mlp, got {kinds!r}.", param_hint="--kinds")
+        raise typer.BadParameter(f"head kinds are {', '.join(FITTED_KINDS)}; got {kinds!r}.", param_hint="--kinds")
     layer_list = _layers(layers, "--layers")
     for hint, specs in (("--train-prompts", train_prompts), ("--test-prompts", test_prompts)):
         for spec in specs.split(","):

@@ -102,7 +102,7 @@ def shipped_traces(prompts: str, model: str = "smollm2-135m", heads: str = "defa
     name, _, split = str(prompts).partition(":")
     if split not in ("train", "test"):
         raise ValueError(f"Shipped traces are per split: give '<set>:train' or '<set>:test', got {prompts!r}.")
-    label = model_defaults(model).get("heads_label", "kl+vocab")
+    label = model_defaults(model).get("heads_label", "eagle+vocab")
     path = SHIPPED_TRACES / f"{model}_{label}_{name}-{split}.npz"
     if not path.is_file():
         have = sorted(p.name for p in SHIPPED_TRACES.glob("*.npz")) if SHIPPED_TRACES.is_dir() else []

@@ -150,13 +150,14 @@ def _stop_lengths(trace: Trace, stops: Sequence[StopRule], kmax: int) -> np.ndar
     first = np.full((last, J, S), never, dtype=np.int64)
     p = trace.draft_maxprob.astype(np.float64)
     H = trace.draft_entropy.astype(np.float64)
+    p_first, H_first = trace.step_maxprob().astype(np.float64), trace.step_entropy().astype(np.float64)
     product = np.ones((last, J, S))
     t = np.arange(last)
     for i in range(1, kmax + 1):
         rows = t + i - 1
         valid = (rows < last)[:, None]                     # past the end of the trace: no stop
         r = np.minimum(rows, last - 1)
-        pr, hr = p[r], H[r]                                # [T-1, J]
+        pr, hr = (p_first, H_first) if i == 1 else (p[r], H[r])      # [T-1, J]; the first draft may differ
         for s, rule in enumerate(stops):
             if rule.kind == "none":
                 continue

@@ -47,8 +47,10 @@ def record_trace(decoder, prompt_ids: list[int], prompt_index: int, exit_layers:
     decoder.start(prompt_ids, max_new_tokens)
     rows = []
     while not decoder.done:
-        result, args, maxp, ent = decoder.step_with_exits(exit_layers)
-        rows.append((args, maxp, result.full_maxprob[0], result.full_entropy[0], result.probe_cos, ent))
+        result, later, first = decoder.step_with_exits(exit_layers)
+        first = first or later
+        rows.append((later.tokens, later.maxprob, result.full_maxprob[0], result.full_entropy[0], result.probe_cos,
+                     later.entropy, first.tokens, first.maxprob, first.entropy))
     tokens = np.array(decoder.generated, dtype=np.int64)
     J, P = len(exit_layers), len(decoder.probe_layers)
     col = lambda i, dt, shape: np.array([r[i] for r in rows], dtype=dt).reshape(shape)  # noqa: E731
@@ -57,8 +59,12 @@ def record_trace(decoder, prompt_ids: list[int], prompt_index: int, exit_layers:
                  exit_layers=tuple(exit_layers), probe_layers=tuple(decoder.probe_layers),
                  draft_tokens=col(0, np.int64, (n, J)), draft_maxprob=col(1, np.float32, (n, J)),
                  full_maxprob=col(2, np.float32, (n,)), full_entropy=col(3, np.float32, (n,)),
-                 probe_cos=col(4, np.float32, (n, P)), draft_entropy=col(5, np.float32, (n, J)), eos=bool(tokens[-1] in decoder.eos_ids),
-                 max_new_tokens=max_new_tokens, max_context=decoder.max_context)
+                 probe_cos=col(4, np.float32, (n, P)), draft_entropy=col(5, np.float32, (n, J)),
+                 first_tokens=col(6, np.int64, (n, J)) if decoder.uses_context else None,
+                 first_maxprob=col(7, np.float32, (n, J)) if decoder.uses_context else None,
+                 first_entropy=col(8, np.float32, (n, J)) if decoder.uses_context else None,
+                 eos=bool(tokens[-1] in decoder.eos_ids), max_new_tokens=max_new_tokens,
+                 max_context=decoder.max_context)
 
 
 def partial_dir(out: str | os.PathLike) -> Path:

@@ -14,6 +14,11 @@ are, and the engine drafts the full (budget-clipped) ``k`` unless a stop rule st
 count and the tokens produced are known from the trace, and so is the work done without a stop rule (with one,
 see `Trace.drafted_under`).
 
+Heads that give a step's first draft the full model's last verified feature (``eagle``, `lede_env.engine.heads`)
+draft it differently from the rest: the ``first_*`` arrays hold that first draft from pending ``g_t`` (its input, the
+feature of ``g_{t-1}``, is on the greedy path too); drafts ``d_2, d_3, ..`` read ``draft_*`` rows ``t+1, t+2, ..``.
+Without them (every other kind) the first draft is ``draft_*`` row ``t``.
+
 This module is pure numpy: the replay backend, the oracle and the agents use it without a model.
 """
 
@@ -33,10 +38,11 @@ import numpy as np
 from lede_env.engine.limits import max_draft_length
 from lede_env.engine.stop_rules import StopRule, draft_length
 
-TRACE_FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)   # format 1 has no draft_entropy (read as NaN: entropy stop rules refuse it)
+TRACE_FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)   # format 1 has no draft_entropy (read as NaN: entropy stop rules refuse it); format 3
+                               # may carry first_* arrays (heads that read the verified feature)
 _ARRAYS = ("prompt_ids", "tokens", "draft_tokens", "draft_maxprob", "full_maxprob", "full_entropy", "probe_cos")
-_OPTIONAL = ("draft_entropy",)
+_OPTIONAL = ("draft_entropy", "first_tokens", "first_maxprob", "first_entropy")
 _META_KEYS = ("exit_layers", "probe_layers", "max_new_tokens")
 
 
@@ -63,6 +69,8 @@ class Trace:
       draft_tokens  int64 [T-1, J]   early-exit argmax at layer exit_layers[j] from input g_t
       draft_maxprob f32   [T-1, J]   that prediction's max probability
       draft_entropy f32   [T-1, J]   its entropy (nats); NaN in traces of format 1, which did not record it
+      first_tokens, first_maxprob, first_entropy  [T-1, J]  the same for the first draft of a step from pending g_t
+                                     when the heads read the verified feature; None otherwise (= the draft_* arrays)
       full_maxprob  f32   [T-1]      full model's max probability from input g_t
       full_entropy  f32   [T-1]      full model's entropy (nats) from input g_t
       probe_cos     f32   [T-1, P]   cosine(h_l, h_N) at input g_t for l in probe_layers
@@ -85,6 +93,9 @@ class Trace:
     max_context: int
     meta: dict = field(default_factory=dict)
     draft_entropy: np.ndarray | None = None
+    first_tokens: np.ndarray | None = None
+    first_maxprob: np.ndarray | None = None
+    first_entropy: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         T, J, P = len(self.tokens), len(self.exit_layers), len(self.probe_layers)
@@ -92,15 +103,42 @@ class Trace:
             raise ValueError("A trace needs at least one generated token.")
         if self.draft_entropy is None:
             object.__setattr__(self, "draft_entropy", np.full((T - 1, J), np.nan, dtype=np.float32))
+        firsts = [getattr(self, f"first_{n}") is None for n in ("tokens", "maxprob", "entropy")]
+        if any(firsts) and not all(firsts):
+            raise ValueError("A trace carries all three first_* arrays (first_tokens, first_maxprob, first_entropy) "
+                             "or none.")
         shapes = {"draft_tokens": (T - 1, J), "draft_maxprob": (T - 1, J), "draft_entropy": (T - 1, J),
                   "full_maxprob": (T - 1,),
                   "full_entropy": (T - 1,), "probe_cos": (T - 1, P)}
+        if not all(firsts):
+            shapes.update(first_tokens=(T - 1, J), first_maxprob=(T - 1, J), first_entropy=(T - 1, J))
         for name, shape in shapes.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"Trace field {name} has shape {getattr(self, name).shape}, expected {shape}.")
         agree = self.draft_tokens == self.tokens[1:, None]
         object.__setattr__(self, "agree", agree)
-        object.__setattr__(self, "run_length", _run_lengths(agree))
+        run = _run_lengths(agree)
+        if self.has_first:
+            first_agree = self.first_tokens == self.tokens[1:, None]
+            later = np.vstack([run[1:], np.zeros((1, J), dtype=run.dtype)])   # the run of drafts from row t+1
+            run = np.where(first_agree, 1 + later, 0)
+        else:
+            first_agree = agree
+        object.__setattr__(self, "first_agree", first_agree)
+        object.__setattr__(self, "run_length", run)
+
+    @property
+    def has_first(self) -> bool:
+        """Whether a step's first draft is recorded apart (heads that read the verified feature)."""
+        return self.first_tokens is not None
+
+    def step_maxprob(self) -> np.ndarray:
+        """``first_maxprob`` when recorded apart, else ``draft_maxprob``: row t is the first draft from pending g_t."""
+        return self.first_maxprob if self.has_first else self.draft_maxprob
+
+    def step_entropy(self) -> np.ndarray:
+        """``first_entropy`` when recorded apart, else ``draft_entropy`` (see `step_maxprob`)."""
+        return self.first_entropy if self.has_first else self.draft_entropy
 
     @property
     def length(self) -> int:
@@ -154,12 +192,17 @@ class Trace:
             raise ValueError(f"The stop rule {stop.text} reads the draft entropy, which this trace did not record "
                              "(trace format 1): re-record it with `lede trace`.")
         end = min(t + cap, self.length - 1)
+        p = self.draft_maxprob[t:end, j].tolist()
         ent = self.draft_entropy[t:end, j].tolist() if stop.needs_entropy else None
-        return draft_length(stop, cap, self.draft_maxprob[t:end, j].tolist(), ent)
+        if self.has_first and end > t:
+            p[0] = float(self.first_maxprob[t, j])
+            if ent is not None:
+                ent[0] = float(self.first_entropy[t, j])
+        return draft_length(stop, cap, p, ent)
 
     # ---------------------------------------------------------------- storage
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in _ARRAYS + _OPTIONAL}
+        return {name: getattr(self, name) for name in _ARRAYS + _OPTIONAL if getattr(self, name) is not None}
 
     def header(self) -> dict:
         return {"prompt_index": self.prompt_index, "exit_layers": list(self.exit_layers),

@@ -91,3 +91,33 @@ def tiny_selftext(tiny):
 def readout(model, h):
     """The model's own final norm and LM head on ``h``."""
     return model.lm_head(model.model.norm(h))
+
+
+def tiny_eagle_heads(model, layers=TINY_HEAD_LAYERS, seed: int = 0, scale: float = 3.0):
+    """Eagle heads for the tiny model: identity later-draft maps and first-draft maps ``[I, R]`` with a random
+    ``R`` large enough that the verified feature changes many first drafts."""
+    from lede_env.engine.heads import ContextHead, ExitHeads
+
+    H = model.config.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    heads = {}
+    for L in layers:
+        head = ContextHead(H)
+        with torch.no_grad():
+            head.fused.weight[:, H:] = scale * torch.randn(H, H, generator=g) / H ** 0.5
+        heads[L] = head
+    return ExitHeads("eagle", heads, hidden_size=H, meta={"model": "tiny-random"})
+
+
+@pytest.fixture(scope="session")
+def tiny_eagle_setup(tmp_path_factory, tiny, tiny_setup):
+    """`tiny_setup` with eagle heads (`tiny_eagle_heads`, saved under ``"heads"``) and traces recorded with them."""
+    from lede_env.record import record_traces_for
+
+    d = tmp_path_factory.mktemp("tiny_eagle")
+    model, _ = tiny
+    tiny_eagle_heads(model, TINY_EXITS).save(d / "heads")
+    _, traces = record_traces_for("tiny-random", tiny_setup["prompts"], str(d / "traces.npz"),
+                                  max_new_tokens=TINY_MAX_NEW_TOKENS, heads=str(d / "heads"), exit_layers=TINY_EXITS,
+                                  probe_layers=TINY_PROBES, chat_template=False, progress=False)
+    return dict(tiny_setup, heads=str(d / "heads"), traces=str(traces))

@@ -379,3 +379,48 @@ def test_stop_rule_actions_out_of_range_are_refused(tiny_setup):
         with pytest.raises(ValueError, match=r"stop-rule index in 0..1 \(stop rules \['none', 'p<0.5'\]\)"):
             env.step(np.array(bad))
     env.step(np.array([0, 1, 1]))
+
+
+def test_live_and_replay_agree_with_eagle_heads(tiny_eagle_setup, tiny):
+    """Eagle heads (a step's first draft reads the verified feature): the trace records those first drafts apart
+    (they differ from the later drafts' at many rows, so replay reading the wrong ones would fail here); live output
+    is plain greedy; live and replay give the same steps, observations, rewards and ends, with and without stop
+    rules."""
+    import torch
+
+    from lede_env.traces import TraceSet
+
+    setup = tiny_eagle_setup
+    ts = TraceSet.load(setup["traces"])
+    assert all(t.has_first for t in ts.traces)
+    assert np.mean(np.concatenate([(t.first_tokens != t.draft_tokens).ravel() for t in ts.traces])) > 0.1
+    model, _ = tiny
+    for rules in (None, ("none", "p<0.3", "prod<0.2")):
+        kw = {} if rules is None else {"stop_rules": rules}
+        live = make(setup, exit_heads=setup["heads"], **kw)
+        rep = replay(setup, text_in_info=True, **kw)
+        live_steps, rep_steps = record_backend_steps(live), record_backend_steps(rep)
+        rng = np.random.default_rng(5)
+        nvec = live.action_space.nvec
+        accepted = 0
+        for i in range(setup["n"]):
+            actions = [rng.integers(nvec) for _ in range(60)]
+            del live_steps[:], rep_steps[:]
+            o1, i1, r1, *end1 = run_episode(live, actions, i)
+            o2, i2, r2, *end2 = run_episode(rep, actions, i)
+            prompt = i1[0]["prompt_ids"]
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=TINY_MAX_NEW_TOKENS,
+                                 do_sample=False)[0, len(prompt):].tolist()
+            assert i1[-1]["generated_ids"] == ref == i2[-1]["generated_ids"]
+            for a, b in zip(live_steps, rep_steps):
+                assert (a.accepted, a.tokens, a.finished, a.truncated) == (b.accepted, b.tokens, b.finished,
+                                                                            b.truncated)
+                if rules is None or a.drafted <= a.accepted + 1 and not a.finished:
+                    assert a.drafted == b.drafted
+                    np.testing.assert_allclose(a.draft_confidences, b.draft_confidences, rtol=2e-6, atol=1e-7)
+                accepted += a.accepted
+            np.testing.assert_allclose(np.array(o1), np.array(o2), rtol=2e-6, atol=1e-7)
+            if rules is None:
+                np.testing.assert_allclose(r1, r2, rtol=1e-12)
+            assert end1 == end2
+        assert accepted > 0

@@ -334,6 +334,18 @@ def _with_confidences(tr, seed):
                    draft_entropy=(3 * rng.random(tr.draft_maxprob.shape)).astype(np.float32))
 
 
+def _with_first(tr, seed):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed + 100)
+    shape = tr.draft_tokens.shape
+    first = np.where(rng.random(shape) < 0.6, tr.tokens[1:, None], tr.draft_tokens)
+    out = replace(tr, first_tokens=first.astype(np.int64), first_maxprob=rng.random(shape).astype(np.float32),
+                  first_entropy=(3 * rng.random(shape)).astype(np.float32))
+    assert (out.run_length != tr.run_length).any()
+    return out
+
+
 RULES = ("none", "p<0.3", "p<0.7", "prod<0.5", "H>1", "H>2.5")
 
 
@@ -343,8 +355,10 @@ def test_vectorised_stop_lengths_equal_the_trace_rule():
     from lede_env.oracle import _check, _tables
 
     spec = (0, 1, 2, 4, 6)
-    for seed in range(3):
+    for seed in range(4):
         tr = _with_confidences(make_trace(30 + seed, [0.3, 0.8, 0.95], seed=seed), seed)
+        if seed == 3:   # a step's first draft recorded apart (eagle heads): its own tokens and confidences
+            tr = _with_first(tr, seed)
         table, ks, c_ar = _check(tr, make_costs(3, 6), spec)
         stops = [parse_stop_rule(r) for r in RULES]
         tabs = _tables(tr, table, ks, c_ar, 1.0, stops)

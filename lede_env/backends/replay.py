@@ -18,12 +18,15 @@ class _Rows:
     full_maxprob: list[float]
     full_entropy: list[float]
     draft_maxprob: list[list[float]]   # per exit column: the column as a list (a step slices it)
+    first_maxprob: list[list[float]]   # the same for a step's first draft (`Trace.step_maxprob`)
     probe_cos: list[tuple[float, ...]]
 
     @classmethod
     def of(cls, tr: Trace) -> "_Rows":
+        later = tr.draft_maxprob.T.tolist()
         return cls(tokens=tr.tokens.tolist(), full_maxprob=tr.full_maxprob.tolist(),
-                   full_entropy=tr.full_entropy.tolist(), draft_maxprob=tr.draft_maxprob.T.tolist(),
+                   full_entropy=tr.full_entropy.tolist(), draft_maxprob=later,
+                   first_maxprob=tr.first_maxprob.T.tolist() if tr.has_first else later,
                    probe_cos=[tuple(row) for row in tr.probe_cos.tolist()])
 
 
@@ -69,12 +72,13 @@ class ReplayBackend:
         last = t + produced - 1   # row of the last committed verified position
         d = min(produced, out.drafted)
         self.t = t + produced
+        confidences = (rows.first_maxprob[j][t], *rows.draft_maxprob[j][t + 1:t + d]) if d > 0 else ()
         # A trace that ended neither at EOS nor at the budget ended at the full context window.
         truncated = out.finished and not tr.eos and tr.length < tr.max_new_tokens
         return BackendStep(
             exit_layer=exit_layer, k=k, drafted=out.drafted, accepted=out.accepted,
             tokens=tuple(rows.tokens[t + 1: t + 1 + produced]), wall_time=None,
             full_maxprob=rows.full_maxprob[last], full_entropy=rows.full_entropy[last],
-            draft_maxprob=rows.draft_maxprob[j][t + d - 1] if d > 0 else 0.0,
+            draft_maxprob=confidences[-1] if d > 0 else 0.0,
             probe_cos=rows.probe_cos[last], finished=out.finished and not truncated, truncated=truncated,
-            draft_confidences=tuple(rows.draft_maxprob[j][t:t + d]))
+            draft_confidences=confidences)

@@ -37,13 +37,17 @@ from lede_env.engine.stack import make_stack
 
 
 class HeadsLike(Protocol):
-    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...
+    """``apply(layer, h, context=None)``; heads whose ``uses_context`` is true get, for the first draft of a step,
+    ``context``: the full model's last verified pre-norm feature (`SelfSpeculativeDecoder.context`)."""
+
+    def apply(self, layer: int, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class _IdentityHeads:
     kind = "identity"
+    uses_context = False
 
-    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: int, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return h
 
 
@@ -91,6 +95,15 @@ class Verification:
     probes: list[dict[int, torch.Tensor]]
     logits: torch.Tensor
     time: float
+
+
+@dataclass(frozen=True)
+class ExitReadings:
+    """Per exit layer, what a draft from the pending token would read: argmax, max probability, entropy."""
+
+    tokens: list[int]
+    maxprob: list[float]
+    entropy: list[float]
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,8 @@ class SelfSpeculativeDecoder:
         self.layers = model.model.layers
         self.num_layers = len(self.layers)
         self.heads = exit_heads if exit_heads is not None else _IdentityHeads()
+        self.uses_context = bool(getattr(self.heads, "uses_context", False))
+        self.context: torch.Tensor | None = None   # h_N [1, hidden] (pre-norm) of the input before the pending token
         self.device = next(model.parameters()).device
         # Draft vocabulary (optional, carried by the exit heads): drafts are read from these tokens only, with
         # a small LM head; the full head still verifies, so only the drafts (and their cost) change.
@@ -219,6 +234,7 @@ class SelfSpeculativeDecoder:
             h = self.stack.run(self.model.model.embed_tokens(x), 0, self.num_layers)[0]
             logits = self.logits(h[:, -1])
             first = int(self.pick(logits)[0])
+            self.context = h[:, -1].clone()
         _sync(self.device)
         self.tokens = prompt_ids + [first]
         self.prompt_len = len(prompt_ids)
@@ -259,11 +275,11 @@ class SelfSpeculativeDecoder:
         logits: list[torch.Tensor] = []
         token = self.tokens[-1]
         with torch.inference_mode():
-            for _ in range(k_eff):
+            for i in range(k_eff):
                 h, p = self.stack.run(self.embed(token), 0, L, self.probe_layers)
                 hidden.append(h)
                 probes.append(p)
-                row = self.draft_logits(self.heads.apply(L, h[:, -1]))
+                row = self.draft_logits(self.exit_head(L, h[:, -1], first=i == 0))
                 logits.append(row[0])
                 token = int(self.pick(row)[0])
                 tokens.append(token)
@@ -326,6 +342,7 @@ class SelfSpeculativeDecoder:
             accepted = min(m, len(produced))
             self.tokens.extend(produced)
             self.stack.crop(len(self.tokens) - 1)
+            self.context = verification.hidden[0, len(produced) - 1:len(produced)].clone()
 
             # Features on the committed prefix: verified positions 0..last (last produced the final
             # token; last == m unless an EOS cut the step short) and drafts d_1..d_{last+1}.
@@ -381,25 +398,37 @@ class SelfSpeculativeDecoder:
         _, maxp, ent = confidence(row, entropy=entropy)
         return float(maxp[0]), (float(ent[0]) if entropy else 0.0)
 
-    def step_with_exits(self, exit_layers: Sequence[int]
-                        ) -> tuple[StepResult, list[int], list[float], list[float]]:
+    def step_with_exits(self, exit_layers: Sequence[int]) -> tuple[StepResult, ExitReadings, ExitReadings | None]:
         """A plain autoregressive step that also reads the early exit of every layer in ``exit_layers`` at the
-        pending token: returns the step and, per exit, its argmax, max probability and entropy. Used to record
-        traces. Each exit is computed exactly as a draft computes it: one row at a time, `draft_logits`, `pick`
-        and `draft_confidence`, so a stop rule reads the same bits live and in replay."""
+        pending token: returns the step, the readings of a draft after the first (`ExitReadings`) and, for heads
+        that use the verified feature (``uses_context``), those of a step's first draft (else None). Used to record
+        traces. Each exit is computed exactly as a draft computes it: one row at a time, `exit_head`,
+        `draft_logits`, `pick` and `draft_confidence`, so replay reads the same bits as live."""
         draft = self.draft(int(exit_layers[0]), 0)
+        context = self.context
         verification = self.verify(draft, extra_probes=exit_layers)
         result = self.commit(draft, verification)
         captured = verification.probes[0]
-        args, maxp, ents = [], [], []
+        readings = []
         with torch.inference_mode():
-            for L in exit_layers:
-                row = self.draft_logits(self.heads.apply(L, captured[L][:, -1]))
-                p, e = self.draft_confidence(row, True)
-                args.append(int(self.pick(row)[0]))
-                maxp.append(p)
-                ents.append(e)
-        return result, args, maxp, ents
+            for first in ((False, True) if self.uses_context else (False,)):
+                out = ExitReadings([], [], [])
+                for L in exit_layers:
+                    row = self.draft_logits(self.exit_head(L, captured[L][:, -1], first, context))
+                    p, e = self.draft_confidence(row, True)
+                    out.tokens.append(int(self.pick(row)[0]))
+                    out.maxprob.append(p)
+                    out.entropy.append(e)
+                readings.append(out)
+        return result, readings[0], (readings[1] if self.uses_context else None)
+
+    def exit_head(self, layer: int, h: torch.Tensor, first: bool, context: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """The exit head over ``h_L`` [1, hidden]; the first draft of a step (``first``) of heads that use it also
+        reads the verified feature (``context``, default: the decoder's current `context`)."""
+        if first and self.uses_context:
+            return self.heads.apply(layer, h, self.context if context is None else context)
+        return self.heads.apply(layer, h)
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  actions: Sequence[tuple[int, int]] | None = None, exit_layer: int = 1, k: int = 0

@@ -8,6 +8,12 @@ The full model is never changed: heads only change drafts, so decoding stays exa
 * ``kl``:       the same affine map, then trained with KL(full softmax || head softmax) through the frozen
                 norm and LM head (initialised from ridge).
 * ``kl-mlp``:   affine map plus a residual MLP (``W h + b + down(silu(up(h)))``), KL-trained.
+* ``eagle``:    EAGLE-style (Li et al. 2024, "EAGLE: speculative sampling requires rethinking feature
+                uncertainty"): the *first* draft of a step also sees the full model's last verified feature,
+                ``h_N`` at the position before the pending token (which the previous verification or the prefill
+                computed anyway): ``[h_L, h_N(prev)] -> W' [h_L, h_N(prev)] + b'``, KL-trained. Later drafts of the
+                step have no verified feature and use the ``kl`` map. Both inputs are functions of the committed
+                prefix, so a trace reproduces every draft exactly (`lede_env.traces`, ``first_*`` arrays).
 
 Heads may carry a *draft vocabulary*: the token ids drafts are read from, through a small LM head made of those
 rows of the model's head (on SmolLM2 the full head is about a sixth of a 30-layer step; the tokens the model
@@ -26,8 +32,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-HEAD_KINDS = ("identity", "ridge", "kl", "kl-mlp")
-ARCHS = ("affine", "affine_mlp")
+HEAD_KINDS = ("identity", "ridge", "kl", "kl-mlp", "eagle")
+ARCHS = ("affine", "affine_mlp", "affine_ctx")
 WEIGHTS_FILE = "heads.safetensors"
 META_FILE = "heads.json"
 _META_KEY = "lede_heads"
@@ -66,9 +72,34 @@ class AffineMLPHead(nn.Module):
         return self.affine(h) + self.down(nn.functional.silu(self.up(h)))
 
 
+class ContextHead(nn.Module):
+    """EAGLE-style head: ``forward(h)`` is the plain affine map ``W h + b`` (drafts after the first);
+    ``forward(h, context)`` with ``context`` the full model's last verified pre-norm feature is the affine map of
+    the concatenation, ``fused([h, context])`` (the first draft of a step). ``fused`` starts as ``[I, 0]``: a fresh
+    head ignores the context."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.affine = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.fused = nn.Linear(2 * hidden_size, hidden_size, bias=True)
+        with torch.no_grad():
+            self.affine.weight.copy_(torch.eye(hidden_size))
+            self.affine.bias.zero_()
+            self.fused.weight.zero_()
+            self.fused.weight[:, :hidden_size].copy_(torch.eye(hidden_size))
+            self.fused.bias.zero_()
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            return nn.functional.linear(h, self.affine.weight, self.affine.bias)
+        return nn.functional.linear(torch.cat([h, context.expand_as(h)], dim=-1), self.fused.weight, self.fused.bias)
+
+
 def make_head(arch: str, hidden_size: int, mlp_width: int = 0) -> nn.Module:
     if arch == "affine":
         return AffineHead(hidden_size)
+    if arch == "affine_ctx":
+        return ContextHead(hidden_size)
     if arch == "affine_mlp":
         if mlp_width <= 0:
             raise ValueError(f"arch 'affine_mlp' needs mlp_width > 0, got {mlp_width}.")
@@ -95,7 +126,7 @@ class ExitHeads:
         if kind != "identity" and not heads:
             raise ValueError(f"Exit heads of kind {kind!r} need at least one layer's head.")
         self.kind = kind
-        self.arch = arch if arch is not None else ("identity" if kind == "identity" else "affine")
+        self.arch = arch if arch is not None else {"identity": "identity", "eagle": "affine_ctx"}.get(kind, "affine")
         self.mlp_width = int(mlp_width)
         self.modules = nn.ModuleDict({str(int(k)): m for k, m in sorted(heads.items())})
         for m in self.modules.values():
@@ -127,8 +158,15 @@ class ExitHeads:
     def has(self, layer: int) -> bool:
         return self.kind == "identity" or str(int(layer)) in self.modules
 
-    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Map ``h_L`` ([..., hidden]) for exit layer ``layer``; output has ``h``'s dtype and device."""
+    @property
+    def uses_context(self) -> bool:
+        """Whether the first draft of a step reads the full model's last verified feature (``eagle``)."""
+        return self.arch == "affine_ctx"
+
+    def apply(self, layer: int, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``h_L`` ([..., hidden]) for exit layer ``layer``; output has ``h``'s dtype and device.
+        ``context``: the full model's last verified pre-norm feature ([..., hidden]), given for the first draft of
+        a step; heads that do not use it (every kind but ``eagle``) ignore it."""
         if self.kind == "identity":
             return h
         head = self.modules[str(int(layer))] if str(int(layer)) in self.modules else None
@@ -143,9 +181,14 @@ class ExitHeads:
                              f"got h of shape {tuple(h.shape)}.")
         # Parameters never require grad, so no graph is recorded for a plain ``h``; ``forward`` skips the
         # module-call machinery (this is on the per-token drafting path).
+        if context is None or not self.uses_context:
+            if h.dtype != self._dtype or h.device != self._device:
+                return head.forward(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
+            return head.forward(h)
         if h.dtype != self._dtype or h.device != self._device:
-            return head.forward(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
-        return head.forward(h)
+            cast = dict(device=self._device, dtype=self._dtype)
+            return head.forward(h.to(**cast), context.to(**cast)).to(device=h.device, dtype=h.dtype)
+        return head.forward(h, context)
 
     __call__ = apply
 

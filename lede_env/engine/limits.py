@@ -13,10 +13,13 @@ def max_draft_length(budget_left: int, context_left: int) -> int:
 
 
 def default_exit_layers(num_layers: int) -> tuple[int, ...]:
-    """Every second layer from about an eighth of the depth up to two layers below the top."""
+    """Layers 1 and 2, then every second layer from about an eighth of the depth up to two layers below the top.
+    The two shallowest are there for heads whose first draft reads the verified feature (``eagle``): on SmolLM2
+    their first drafts at layer 1 agree nearly as often as at layer 4, for a quarter of the layers."""
     start = max(1, num_layers // 8)
     start += start % 2
-    return tuple(range(start, num_layers - 1, 2)) or tuple(range(1, num_layers))
+    spaced = tuple(range(start, num_layers - 1, 2)) or tuple(range(1, num_layers))
+    return tuple(sorted({L for L in (1, 2) if L < num_layers} | set(spaced)))
 
 
 def default_probe_layers(num_layers: int) -> tuple[int, ...]:

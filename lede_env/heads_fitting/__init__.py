@@ -2,8 +2,9 @@
 needs of them, live in `lede_env.engine.heads`.
 
 Pipeline: the model's own greedy continuations of the TRAIN prompts -> per exit layer ``h_L`` and the final
-pre-norm ``h_N`` at the generated positions (`data`) -> a ridge map ``h_L -> h_N``, then optionally KL
-distillation through the frozen final norm and LM head (`fit`) -> top-1 agreement with the full model's argmax,
+pre-norm ``h_N`` at the generated positions, and ``h_N`` of the position before (`data`) -> a ridge map
+``h_L -> h_N``, then optionally KL distillation through the frozen final norm and LM head, and for ``eagle`` heads
+the same for the first draft's map of ``[h_L, h_N(prev)]`` (`fit`) -> top-1 agreement with the full model's argmax,
 the draft vocabulary, the head's cost (`evaluate`) -> `fit_heads_report`, what ``lede fit-heads`` runs (`report`).
 Nothing here is model-specific: the SmolLM2 exit layers, prompt sets and sizes are the defaults of ``lede fit-heads``.
 """

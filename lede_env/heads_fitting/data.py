@@ -36,19 +36,21 @@ class HiddenData:
 
     ``h[L]``: ``[P, hidden]`` after ``L`` decoder layers (pre-norm); ``h_final``: ``[P, hidden]`` after all
     layers, before the final norm; ``target``: ``[P]`` the full model's argmax token; ``seq_index``: ``[P]``
-    which sequence each position came from."""
+    which sequence each position came from; ``h_prev``: ``[P, hidden]`` ``h_final`` of the position before (zeros
+    at a sequence's first token): the verified feature a step's first draft reads (``eagle`` heads)."""
 
     h: dict[int, torch.Tensor]
     h_final: torch.Tensor
     target: torch.Tensor
     seq_index: torch.Tensor
+    h_prev: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
     def subset(self, mask: torch.Tensor) -> HiddenData:
         return HiddenData({k: v[mask] for k, v in self.h.items()}, self.h_final[mask], self.target[mask],
-                          self.seq_index[mask])
+                          self.seq_index[mask], None if self.h_prev is None else self.h_prev[mask])
 
 def _is_spec(p: str) -> bool:
     """``"mixed"``, ``"humaneval:test"``, ``"my/prompts.jsonl:train"``: no whitespace, and a set name, a split
@@ -156,7 +158,7 @@ def collect_hidden_states(model, sequences: Sequence[SelfText], layers: Iterable
     handles = [base.layers[L - 1].register_forward_hook(hook(L)) for L in wanted]
     device = next(model.parameters()).device
     hs: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
-    hN, tgt, sidx = [], [], []
+    hN, hP, tgt, sidx = [], [], [], []
     try:
         for si, seq in enumerate(tqdm(sequences, desc=desc, unit="seq", disable=not progress)):
             ids = seq.ids
@@ -171,6 +173,11 @@ def collect_hidden_states(model, sequences: Sequence[SelfText], layers: Iterable
             for L in layers:
                 hs[L].append(captured[L][0, sl].float().cpu())
             hN.append(h_last.cpu())
+            full = captured[n_layers][0].float()
+            prev = full[max(start - 1, 0):stop - 1]
+            if start == 0:
+                prev = torch.cat([torch.zeros_like(full[:1]), prev])
+            hP.append(prev.cpu())
             tgt.append(model.lm_head(base.norm(captured[n_layers][0, sl])).argmax(-1).cpu())
             sidx.append(torch.full((stop - start,), si, dtype=torch.long))
     finally:
@@ -180,9 +187,9 @@ def collect_hidden_states(model, sequences: Sequence[SelfText], layers: Iterable
     if not hN:
         empty = torch.zeros(0, hidden)
         return HiddenData({L: empty for L in layers}, empty, torch.zeros(0, dtype=torch.long),
-                          torch.zeros(0, dtype=torch.long))
+                          torch.zeros(0, dtype=torch.long), empty)
     return HiddenData({L: torch.cat(v) for L, v in hs.items()}, torch.cat(hN), torch.cat(tgt),
-                      torch.cat(sidx))
+                      torch.cat(sidx), torch.cat(hP))
 
 def _model_name(model) -> str:
     return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "unknown")

@@ -41,26 +41,35 @@ def active_vocab(model, data: HiddenData, heads: ExitHeads | None = None, layers
 
 @torch.no_grad()
 def _agreement_one(readout, head, X: torch.Tensor, target: torch.Tensor, chunk: int = 1024,
-                   vocab: torch.Tensor | None = None) -> float:
+                   vocab: torch.Tensor | None = None, context: torch.Tensor | None = None) -> float:
+    """``context`` (rows like ``X``): the verified features, passed as ``head(x, context)``."""
     if len(target) == 0:
         return float("nan")
     hits = 0
     for i in range(0, len(target), chunk):
         x = X[i:i + chunk]
-        logits = readout(head(x) if head is not None else x)
+        if head is not None:
+            x = head(x) if context is None else head(x, context[i:i + chunk])
+        logits = readout(x)
         pred = logits.argmax(-1) if vocab is None else vocab[logits[:, vocab].argmax(-1)]
         hits += int((pred == target[i:i + chunk]).sum())
     return hits / len(target)
 
 @torch.no_grad()
-def agreement_on_data(model, heads: ExitHeads, data: HiddenData, layers: Iterable[int] | None = None
-                      ) -> dict[int, float]:
+def agreement_on_data(model, heads: ExitHeads, data: HiddenData, layers: Iterable[int] | None = None,
+                      first: bool = True) -> dict[int, float]:
     """Top-1 agreement of ``lm_head(norm(head(h_L)))`` with the full model's argmax on collected data (the
-    argmax over the heads' draft vocabulary when they carry one)."""
+    argmax over the heads' draft vocabulary when they carry one). For heads that read the verified feature
+    (``uses_context``), ``first`` (default) measures a step's first draft, which reads ``data.h_prev``; else the
+    drafts after it."""
     readout = _frozen_readout(model)
     layers = sorted(data.h) if layers is None else sorted(int(L) for L in layers)
     vocab = getattr(heads, "draft_vocab", None)
-    return {L: _agreement_one(readout, lambda h, L=L: heads.apply(L, h), data.h[L], data.target, vocab=vocab)
+    context = data.h_prev if first and getattr(heads, "uses_context", False) else None
+    if context is None and first and getattr(heads, "uses_context", False):
+        raise ValueError("These heads read the verified feature: the data needs h_prev (collect_hidden_states).")
+    return {L: _agreement_one(readout, lambda h, c=None, L=L: heads.apply(L, h, c), data.h[L], data.target,
+                              vocab=vocab, context=context)
             for L in layers}
 
 @torch.no_grad()
@@ -84,7 +93,8 @@ def agreement(model, heads: ExitHeads, sequences: Sequence[SelfText], layers: It
 def head_cost(heads: ExitHeads, layer: int | None = None, repeats: int = 200, threads: int | None = None,
               hidden_size: int | None = None) -> float:
     """Median seconds of ``heads.apply(layer, h)`` for one token (``h`` of shape ``[1, hidden]``; ``hidden`` is
-    the heads' own size, or ``hidden_size`` for heads without one, such as identity heads)."""
+    the heads' own size, or ``hidden_size`` for heads without one, such as identity heads). Heads that read the
+    verified feature are timed as a step's first draft runs them (with it), their dearer case."""
     hidden = heads.hidden_size or hidden_size
     if not hidden:
         raise ValueError(f"The {heads.kind} heads have no hidden size: pass hidden_size=.")
@@ -94,12 +104,13 @@ def head_cost(heads: ExitHeads, layer: int | None = None, repeats: int = 200, th
         torch.set_num_threads(threads)
     try:
         h = torch.randn(1, hidden)
+        c = torch.randn(1, hidden) if getattr(heads, "uses_context", False) else None
         for _ in range(10):
-            heads.apply(layer, h)
+            heads.apply(layer, h, c)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            heads.apply(layer, h)
+            heads.apply(layer, h, c)
             times.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(old)

@@ -27,7 +27,9 @@ def fit_heads_report(model=None, tok=None, out: str | Path | None = None, *, mod
     """What ``lede fit-heads`` runs (the SmolLM2 values of ``layers``, the prompts and ``n_positions`` are the
     command's defaults). Fit each of ``kinds`` on the train prompts' self-generated text (``n_positions``
     generated tokens; ``None``: every train prompt), evaluate top-1 agreement on the TEST prompts'
-    continuations (never used for fitting; ``n_test_positions=None``: all test prompts), print a table per exit layer (identity vs each kind) and the head cost per token, save the
+    continuations (never used for fitting; ``n_test_positions=None``: all test prompts), print a table per exit layer
+    (identity vs each kind; for ``eagle``, a step's first draft: its later drafts are its ``kl`` map) and the head
+    cost per token, save the
     best kind (highest mean held-out agreement) to ``out`` and, with ``save_all``, every kind to
     ``out/<kind>/``, plus ``out/report.json``. ``cache_dir`` keeps the generated text for reruns;
     ``train_data`` / ``test_data`` reuse collected hidden states (they must hold every layer). ``threads``:
@@ -61,11 +63,11 @@ def fit_heads_report(model=None, tok=None, out: str | Path | None = None, *, mod
         "identity": agreement_on_data(model, identity_heads(), test, layers)}
     fitted: dict[str, ExitHeads] = {}
     seconds: dict[str, float] = {}
-    for kind in kinds:
+    for kind in sorted(kinds, key=lambda k: k == "eagle"):   # eagle reuses the kl heads when they are fitted
         t = time.perf_counter()
         heads = fit_heads(model, tok, kind, layers, train_prompts, data=train, max_new_tokens=max_new_tokens,
                           chat_template=chat_template, kl_epochs=kl_epochs, seed=seed, progress=progress,
-                          model_name=model_name)
+                          model_name=model_name, init=fitted.get("kl") if kind == "eagle" else None)
         seconds[kind] = round(time.perf_counter() - t, 1)
         results[kind] = agreement_on_data(model, heads, test, layers)
         fit = heads.meta.setdefault("fit", {})

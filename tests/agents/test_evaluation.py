@@ -21,7 +21,7 @@ from lede_env.defaults import SHIPPED_TRACES, shipped_traces
 from lede_env.oracle import aggregate_speedup, best_static, rollout_static, solve
 from tests.agents.synthetic import EXITS, SPEC, make_env, synthetic_trace, write_replay_files
 
-SHIPPED_TEST = SHIPPED_TRACES / "smollm2-135m_kl+vocab_mixed-test.npz"
+SHIPPED_TEST = SHIPPED_TRACES / "smollm2-135m_eagle+vocab_mixed-test.npz"
 
 
 @pytest.fixture(scope="module")

@@ -135,3 +135,53 @@ def test_speculative_sampling_matches_full_distribution(tiny):
         exp *= obs.sum() / exp.sum()
         stat = chisquare(obs, exp)
         assert stat.pvalue > 1e-3, (L, stat)
+
+
+# ------------------------------------------------------------------------------------------ eagle heads (issue 14)
+def _final_states(model, ids):
+    """The last decoder layer's output (pre-norm h_N) at every position of ``ids``, teacher-forced."""
+    out = {}
+    handle = model.model.layers[-1].register_forward_hook(lambda m, i, o: out.update(h=o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            model.model(torch.tensor([ids]), use_cache=False)
+    finally:
+        handle.remove()
+    return out["h"][0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_eagle_heads_are_exact_and_the_first_draft_reads_the_verified_feature(tiny, seed):
+    """With eagle heads, random actions still give plain greedy output; the decoder's ``context`` is the full model's
+    pre-norm state at the input before the pending token, and a step's first draft is the head's map of
+    ``[h_L, context]`` (which differs from the map without it on some steps, so the check has teeth)."""
+    from tests.conftest import tiny_eagle_heads
+
+    model, _ = tiny
+    heads = tiny_eagle_heads(model, seed=seed, scale=1.0)
+    ref = plain_greedy(model, PROMPT, 60)
+    dec = SelfSpeculativeDecoder(model, exit_heads=heads)
+    assert dec.uses_context
+    rng = random.Random(seed)
+    dec.start(PROMPT, 60)
+    differ = accepted = 0
+    for L, k in random_actions(rng, dec.num_layers):
+        if dec.done:
+            break
+        L = min(L, 5)
+        states = _final_states(model, dec.tokens[:-1])
+        # the right row: nearest of all positions, equal up to the fast path's rounding against transformers'
+        dist = (states - dec.context).abs().amax(dim=-1)
+        assert int(dist.argmin()) == len(states) - 1 and float(dist[-1]) < 1e-2
+        if k > 0 and dec.max_k() > 0:
+            d = dec.draft(L, 1)
+            h = d.hidden[0][:, -1]
+            want = int(dec.draft_logits(heads.apply(L, h, states[-1:])).argmax(-1))
+            assert d.tokens[0] == want
+            differ += want != int(dec.draft_logits(heads.apply(L, h)).argmax(-1))
+            dec.rollback()
+        r = dec.step(L, k)
+        accepted += r.accepted
+        assert dec.cache_lengths() == [len(dec.tokens) - 1] * dec.num_layers
+    assert dec.generated == ref
+    assert differ > 0 and accepted > 0

@@ -27,14 +27,15 @@ def test_random_actions_equal_plain_greedy_on_real_prompts(smollm2, smollm2_prom
 
 
 def test_default_heads_with_draft_vocab_equal_plain_greedy(smollm2, smollm2_prompts):
-    """The shipped exit heads (KL, draft vocabulary) change only the drafts: output equals model.generate, and
-    the drafts are accepted more often than plain early exits at the same settings."""
+    """The shipped exit heads (eagle, draft vocabulary) change only the drafts: output equals model.generate, and
+    the drafts are accepted more often than plain early exits at the same settings; a step's first draft, which reads
+    the verified feature, is accepted more often than the same heads' map without it (at L1, k = 1)."""
     from lede_env.defaults import resolve_exit_heads
     from lede_env.engine.heads import identity_heads
 
     model, tok = smollm2
     heads = resolve_exit_heads("default", "smollm2-135m", model)
-    assert heads.label == "kl+vocab"
+    assert heads.label == "eagle+vocab" and heads.uses_context
     dec = SelfSpeculativeDecoder(model, exit_heads=heads, eos_token_id=tok.eos_token_id)
     plain_exits = SelfSpeculativeDecoder(model, exit_heads=identity_heads(), eos_token_id=tok.eos_token_id)
     rng = random.Random(1)
@@ -49,3 +50,13 @@ def test_default_heads_with_draft_vocab_equal_plain_greedy(smollm2, smollm2_prom
             assert out == ref
             accepted[name] += sum(r.accepted for r in res)
     assert accepted["kl"] > accepted["identity"], accepted
+    blind = SelfSpeculativeDecoder(model, exit_heads=heads, eos_token_id=tok.eos_token_id)
+    blind.uses_context = False           # the later drafts' (kl) map for the first draft too
+    first = {"eagle": 0, "kl": 0}
+    for prompt in smollm2_prompts:
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False)[0, len(prompt):].tolist()
+        for name, d in (("eagle", dec), ("kl", blind)):
+            out, res = d.generate(prompt, 48, exit_layer=1, k=1)
+            assert out == ref
+            first[name] += sum(r.accepted for r in res)
+    assert first["eagle"] > 1.2 * first["kl"], first

@@ -69,7 +69,7 @@ def test_shipped_profiles_say_which_cpu_measured_them():
     """The shipped profiles carry the CPU they were measured on; on any other CPU, loading them warns."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = find_profile("smollm2-135m", "float32", "cpu", 2, "fast", "kl+vocab")
+        p = find_profile("smollm2-135m", "float32", "cpu", 2, "fast", "eagle+vocab")
     assert p.cpu and p.cpu != "unknown"
     assert (p.cpu == cpu_signature()) == (not any(issubclass(w.category, StaleProfileWarning) for w in caught))
 

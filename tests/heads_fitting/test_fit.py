@@ -206,3 +206,38 @@ def test_ridge_recovers_an_exact_affine_map():
     torch.testing.assert_close(head.bias, c, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(heads.apply(2, X[:5]), data.h_final[:5], rtol=1e-4, atol=1e-4)
     assert heads.meta["fit"]["ridge_alpha"] == 1e-9
+
+
+def test_eagle_heads_fit_the_first_draft_on_the_verified_feature(tiny, tiny_selftext, tmp_path):
+    """``eagle``: the later drafts' map is the kl heads' (reused as they are), the first-draft map starts from ridge on
+    ``[h_L, h_prev]`` and is distilled; it fits the training positions better than the map without the feature,
+    survives save/load, and agreement is measured on the first draft (with ``h_prev``) or the later ones."""
+    from lede_env.engine.heads import ExitHeads
+    from lede_env.heads_fitting import agreement_on_data, fit_heads
+
+    model, tok = tiny
+    _, data = tiny_selftext
+    assert data.h_prev is not None and data.h_prev.shape == data.h_final.shape
+    layers = (2, 3)
+    kl = fit_heads(model, tok, "kl", layers, prompts="tiny", data=data, kl_epochs=1, progress=False)
+    eagle = fit_heads(model, tok, "eagle", layers, prompts="tiny", data=data, kl_epochs=2, progress=False, init=kl)
+    assert eagle.kind == "eagle" and eagle.uses_context and not kl.uses_context
+    h = data.h[2][:7]
+    assert torch.equal(eagle.apply(2, h), kl.apply(2, h))                      # later drafts: the kl map
+    assert not torch.allclose(eagle.apply(2, h, data.h_prev[:7]), kl.apply(2, h))
+    for L in layers:   # the feature is informative on the training text: the first-draft map fits it better
+        with torch.no_grad():
+            err_first = (eagle.apply(L, data.h[L], data.h_prev) - data.h_final).pow(2).mean()
+            err_later = (eagle.apply(L, data.h[L]) - data.h_final).pow(2).mean()
+        assert err_first < err_later
+    first = agreement_on_data(model, eagle, data, layers)
+    later = agreement_on_data(model, eagle, data, layers, first=False)
+    assert later == agreement_on_data(model, kl, data, layers)
+    assert first != later
+    assert "first_draft" in eagle.meta["fit"] and "kl_val_agreement_by_epoch" in eagle.meta["fit"]
+    eagle.save(tmp_path / "eagle")
+    back = ExitHeads.load(tmp_path / "eagle")
+    assert back.kind == "eagle" and back.uses_context
+    assert torch.equal(back.apply(3, h, data.h_prev[:7]), eagle.apply(3, h, data.h_prev[:7]))
+    with pytest.raises(ValueError, match="h_prev"):
+        agreement_on_data(model, eagle, type(data)(data.h, data.h_final, data.target, data.seq_index), layers)
