@@ -185,7 +185,8 @@ class ExitHeads:
             if h.dtype != self._dtype or h.device != self._device:
                 return head.forward(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
             return head.forward(h)
-        if h.dtype != self._dtype or h.device != self._device:
+        if h.dtype != self._dtype or h.device != self._device or \
+                context.dtype != self._dtype or context.device != self._device:
             cast = dict(device=self._device, dtype=self._dtype)
             return head.forward(h.to(**cast), context.to(**cast)).to(device=h.device, dtype=h.dtype)
         return head.forward(h, context)

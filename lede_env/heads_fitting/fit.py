@@ -216,6 +216,10 @@ def fit_heads(model, tok, kind: str, layers: Iterable[int], prompts=None, n_posi
                               "positions": len(data)}}
     train, val = split_by_sequence(data, val_fraction, seed) if kind != "ridge" else (data, None)
     if kind == "eagle" and init is not None:
+        if init.kind != "kl" or not set(layers) <= set(init.layers):
+            raise ValueError(f"eagle heads reuse kl heads as their later-draft map: init must be kl heads covering "
+                             f"layers {layers}, got {init.kind} heads of layers {list(init.layers)}. Fit kl heads on the "
+                             "same data first, or leave init out.")
         heads = init
     else:
         heads = fit_ridge(train, layers, alpha=ridge_alpha, meta=meta, progress=progress)
@@ -225,6 +229,6 @@ def fit_heads(model, tok, kind: str, layers: Iterable[int], prompts=None, n_posi
                            seed=seed, progress=progress, meta=heads.meta)
     if kind == "eagle":
         heads = fit_kl(model, train, heads, layers, epochs=kl_epochs, batch_size=kl_batch_size, lr=kl_lr, val=val,
-                       seed=seed, progress=progress, meta=dict(heads.meta), context=True, ridge_alpha=ridge_alpha)
+                       seed=seed, progress=progress, meta=dict(heads.meta, **meta), context=True, ridge_alpha=ridge_alpha)
     heads.meta["fit"]["seconds"] = round(time.perf_counter() - t0, 1)
     return heads

@@ -241,3 +241,7 @@ def test_eagle_heads_fit_the_first_draft_on_the_verified_feature(tiny, tiny_self
     assert torch.equal(back.apply(3, h, data.h_prev[:7]), eagle.apply(3, h, data.h_prev[:7]))
     with pytest.raises(ValueError, match="h_prev"):
         agreement_on_data(model, eagle, type(data)(data.h, data.h_final, data.target, data.seq_index), layers)
+    with pytest.raises(ValueError, match="init must be kl heads covering"):
+        fit_heads(model, tok, "eagle", (2, 4), prompts="tiny", data=data, kl_epochs=1, progress=False, init=kl)
+    with pytest.raises(ValueError, match="init must be kl heads"):
+        fit_heads(model, tok, "eagle", layers, prompts="tiny", data=data, kl_epochs=1, progress=False, init=eagle)
