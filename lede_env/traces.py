@@ -192,12 +192,9 @@ class Trace:
             raise ValueError(f"The stop rule {stop.text} reads the draft entropy, which this trace did not record "
                              "(trace format 1): re-record it with `lede trace`.")
         end = min(t + cap, self.length - 1)
-        p = self.draft_maxprob[t:end, j].tolist()
-        ent = self.draft_entropy[t:end, j].tolist() if stop.needs_entropy else None
-        if self.has_first and end > t:
-            p[0] = float(self.first_maxprob[t, j])
-            if ent is not None:
-                ent[0] = float(self.first_entropy[t, j])
+        p = [float(self.step_maxprob()[t, j])] + self.draft_maxprob[t + 1:end, j].tolist()
+        ent = [float(self.step_entropy()[t, j])] + self.draft_entropy[t + 1:end, j].tolist() \
+            if stop.needs_entropy else None
         return draft_length(stop, cap, p, ent)
 
     # ---------------------------------------------------------------- storage

@@ -181,15 +181,11 @@ class ExitHeads:
                              f"got h of shape {tuple(h.shape)}.")
         # Parameters never require grad, so no graph is recorded for a plain ``h``; ``forward`` skips the
         # module-call machinery (this is on the per-token drafting path).
-        if context is None or not self.uses_context:
-            if h.dtype != self._dtype or h.device != self._device:
-                return head.forward(h.to(device=self._device, dtype=self._dtype)).to(device=h.device, dtype=h.dtype)
-            return head.forward(h)
-        if h.dtype != self._dtype or h.device != self._device or \
-                context.dtype != self._dtype or context.device != self._device:
-            cast = dict(device=self._device, dtype=self._dtype)
-            return head.forward(h.to(**cast), context.to(**cast)).to(device=h.device, dtype=h.dtype)
-        return head.forward(h, context)
+        args = (h,) if context is None or not self.uses_context else (h, context)
+        if any(a.dtype != self._dtype or a.device != self._device for a in args):
+            cast = [a.to(device=self._device, dtype=self._dtype) for a in args]
+            return head.forward(*cast).to(device=h.device, dtype=h.dtype)
+        return head.forward(*args)
 
     __call__ = apply
 
