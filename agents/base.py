@@ -246,9 +246,10 @@ class Agent:
     def load_weights(self, folder: Path) -> None:
         """Read what `save_weights` wrote. Default: nothing."""
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``config.json`` (kind, arguments, environment spec) and any weights to ``folder``, atomically:
-        into a hidden folder beside it, then renamed (an existing saved agent there is replaced)."""
+    def save(self, folder: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+        """Write ``config.json`` (kind, arguments, environment spec), any weights and the text files ``extra``
+        (name -> content, e.g. a training log) to ``folder``, atomically: into a hidden folder beside it, then
+        renamed (an existing saved agent there is replaced)."""
         if self.spec is None:
             raise RuntimeError(f"{type(self).__name__} was not bound to an environment (call self.bind(env) in its "
                                "constructor): nothing says which environment it is for.")
@@ -261,6 +262,8 @@ class Agent:
             (tmp / CONFIG).write_text(json.dumps({"kind": self.kind, "arguments": self.arguments(),
                                                   "env": self.spec.key()}, indent=1))
             self.save_weights(tmp)
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text)
             if folder.exists():
                 shutil.rmtree(folder)
             tmp.rename(folder)
@@ -286,8 +289,12 @@ class Agent:
 
 def load(folder: str | os.PathLike, env) -> Agent:
     """Rebuild the agent saved in ``folder`` (`Agent.save`) for ``env``. Refuses an environment whose action lists
-    or observation layout differ from the ones it was saved for, naming the difference."""
-    folder = Path(folder)
+    or observation layout differ from the ones it was saved for, naming the difference. ``folder`` may also name an
+    agent shipped with the package (`agents.lede.SHIPPED`: ``"lede-default"``)."""
+    from agents.lede import SHIPPED, shipped_folder
+
+    name = str(folder)
+    folder = shipped_folder(name) if name in SHIPPED and not Path(folder).exists() else Path(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"No saved agent in {folder}: it has no {CONFIG} (write one with agent.save(folder)).")

@@ -9,6 +9,7 @@ Behaviour specs (the ``[behaviour]`` table of a dataset recipe, JSON-safe dicts)
     {"kind": "autoregressive"}                       # alias "ar": k = 0 at every step
     {"kind": "static", "exit_layer": 24, "k": 3}     # layer and length *values*, mapped to the env's indices
     {"kind": "oracle", "epsilon": 0.2}               # replay only; epsilon = 0 is the plain oracle
+    {"kind": "zoo", "name": "hf-heuristic"}          # an agent of the zoo (`agents.zoo`), fitted on the env's traces
     {"kind": "mixture", "components": [{"kind": "random", "weight": 0.5},
                                        {"kind": "oracle", "epsilon": 0.1, "weight": 0.5}]}
 
@@ -31,10 +32,10 @@ from agents.oracle import OracleAgent
 __all__ = ["RandomAgent", "AutoregressiveAgent", "StaticAgent", "BestStaticAgent", "MixtureAgent",
            "make_behaviour", "check_behaviour_spec", "behaviour_name", "KINDS"]
 
-KINDS = ("random", "autoregressive", "static", "oracle", "mixture")
+KINDS = ("random", "autoregressive", "static", "oracle", "zoo", "mixture")
 _ALIASES = {"ar": "autoregressive", "epsilon_oracle": "oracle", "eps_oracle": "oracle"}
 _KEYS = {"random": set(), "autoregressive": set(), "static": {"exit_layer", "k"}, "oracle": {"epsilon"},
-         "mixture": {"components"}}
+         "zoo": {"name"}, "mixture": {"components"}}
 
 
 # ------------------------------------------------------------------------------------------ agents
@@ -243,6 +244,14 @@ def check_behaviour_spec(spec: dict, _nested: bool = False) -> dict:
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"oracle epsilon must be in [0, 1], got {eps}.")
         out["epsilon"] = eps
+    elif kind == "zoo":
+        from agents.zoo import ZOO
+
+        name = spec.get("name")
+        if name not in ZOO or name in ("oracle", "random", "autoregressive"):
+            raise ValueError(f"A zoo behaviour names a heuristic of the zoo ({', '.join(ZOO[2:-1])}), got {name!r} "
+                             "(the oracle, random and autoregressive behaviours have kinds of their own).")
+        out["name"] = str(name)
     elif kind == "mixture":
         if _nested:
             raise ValueError("Mixtures cannot be nested.")
@@ -282,10 +291,31 @@ def _build(spec: dict, env, ss: np.random.SeedSequence) -> Agent:
         return StaticAgent(env, spec["exit_layer"], spec["k"])
     if kind == "oracle":
         return OracleAgent(env, spec["epsilon"], seed=_child(ss))
+    if kind == "zoo":
+        return _zoo_behaviour(spec["name"], env)
     comps = spec["components"]
     children = ss.spawn(len(comps) + 1)
     agents = [_build({k: v for k, v in c.items() if k != "weight"}, env, s) for c, s in zip(comps, children)]
     return MixtureAgent(agents, [c["weight"] for c in comps], seed=_child(children[-1]))
+
+
+def _zoo_behaviour(name: str, env) -> Agent:
+    """The zoo agent ``name`` for ``env``, fitted (best static, the exit of the single-exit heuristics) on the
+    environment's own replay traces, the prompts its resets draw from (``prompt_indices``): a dataset's behaviour
+    sees only its training prompts."""
+    from agents.zoo import ZooContext, build
+
+    base = env.unwrapped
+    ctx = ZooContext()
+    if base.config.backend == "replay":
+        from lede_env.traces import TraceSet
+
+        ts = TraceSet.load(base.config.traces)
+        pool = base.config.prompt_indices
+        if pool is not None:
+            ts = TraceSet(traces=tuple(ts.traces[i] for i in pool), meta=ts.meta)
+        ctx = ZooContext.from_traces(env, ts)
+    return build(name, env, ctx)
 
 
 def behaviour_name(spec: dict) -> str:
@@ -302,4 +332,6 @@ def behaviour_name(spec: dict) -> str:
             return "oracle"
         pct = f"{100 * spec['epsilon']:g}".replace(".", "_")
         return f"oracle-eps{pct}"
+    if kind == "zoo":
+        return spec["name"]
     return kind

@@ -8,7 +8,8 @@ section 5). No torch, no model: replay only.
     result.save("results/my-run")          # results.json, results.csv, speedup.png, actions-<set>.png
 
 Agents: names of the zoo (`agents.zoo.ZOO`, built by `agents.zoo.build`; ``"all"`` is the whole zoo), static
-settings ``static-L<L>-k<k>`` and saved agents (a folder with the ``config.json`` of ``agent.save``, rebuilt by
+settings ``static-L<L>-k<k>``, the shipped trained agents (``lede``: the default LEDE agent, `agents.lede.SHIPPED`)
+and saved agents (a folder with the ``config.json`` of ``agent.save``, rebuilt by
 `agents.base.load`). Every agent runs every selected prompt of every prompt set once, in prompt order, through the
 project's one episode loop (`lede_env.rollout.rollout`) on ``gym.make("LEDE-v0", backend="replay", traces=...,
 stop_rules="default")``: the stop-rule option, so that the agents that stop drafts on their confidence can act (the
@@ -60,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import CONFIG, KINDS, agent_class, load
+from agents.lede import SHIPPED, shipped_folder
 from agents.oracle import replay_traces
 from agents.zoo import ZOO, ZooContext, build
 from lede_env.oracle import Rollout, aggregate_speedup, best_static, rollout_static, solve
@@ -75,6 +77,7 @@ SHARE_DEFINITION = ("share of oracle gain: the agent's total return / the oracle
 ENV_ID = "LEDE-v0"
 STATIC = re.compile(r"^static-L(\d+)-k(\d+)$")
 _INFO_KEYS = ("tokens", "accepted", "drafted", "stop_rule")
+SHIPPED_NAMES = {"lede": "lede-default"}   # short names of the agents shipped with the package (`agents.lede.SHIPPED`)
 
 
 # ------------------------------------------------------------------------------------------ what to evaluate
@@ -139,6 +142,11 @@ def _resolve_agents(agents: Sequence[str] | str) -> list[AgentSpec]:
         if m:
             specs.append(AgentSpec(label=name, source=name, kind="static",
                                    arguments={"exit_layer": int(m.group(1)), "k": int(m.group(2))}))
+        elif name in SHIPPED_NAMES or name in SHIPPED:
+            from dataclasses import replace
+
+            saved = _saved_spec(shipped_folder(SHIPPED_NAMES.get(name, name)))
+            specs.append(replace(saved, label=name, source=name))
         elif name in ZOO:
             if name not in KINDS:
                 raise ValueError(f"Agent {name!r} of the zoo is not implemented yet (no registered kind {name!r}; "
@@ -149,7 +157,7 @@ def _resolve_agents(agents: Sequence[str] | str) -> list[AgentSpec]:
         else:
             hint = " (a static setting is written static-L<L>-k<k>, e.g. static-L24-k3)" if name == "static" else ""
             raise ValueError(f"Unknown agent {name!r}{hint}: give names of the zoo ({', '.join(ZOO)}), or "
-                             "'all', static-L<L>-k<k>, or the folder of a saved agent (holding the config.json that "
+                             "'all', static-L<L>-k<k>, lede (the shipped LEDE agent), or the folder of a saved agent (holding the config.json that "
                              "agent.save(folder) writes).")
     labels = [s.label for s in specs]
     twice = sorted({x for x in labels if labels.count(x) > 1})

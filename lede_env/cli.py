@@ -357,6 +357,56 @@ def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml).
     collect_recipe(parsed, overwrite=overwrite)
 
 
+@app.command()
+def train(agent: str = typer.Argument(..., help="lede (offline, from a dataset) or an SB3 algorithm: ppo, a2c, dqn, "
+                                                "qrdqn (online, on the replay backend)."),
+          dataset: Optional[str] = typer.Option(None, help="lede: the Minari dataset id (`lede collect`)."),
+          algo: str = typer.Option("cql", help="lede: cql (double DQN + discrete CQL) or dqn (double DQN)."),
+          head: str = typer.Option("factored", help="lede: factored (Q(s,L), Q(s,L,k)) or flat (Q over J x K)."),
+          updates: int = typer.Option(20_000, min=1, help="lede: gradient updates."),
+          traces: str = typer.Option("mixed:train", help="SB3: training traces, a file or a shipped prompt set."),
+          timesteps: int = typer.Option(100_000, min=1, help="SB3: environment steps."),
+          heldout: int = typer.Option(6, min=0, help="SB3: the traces' last prompts kept for evaluation."),
+          eval_every: Optional[int] = typer.Option(None, min=0, help="Updates (lede) or timesteps (SB3) between "
+                                                                     "held-out evaluations (default 2000 / 10000)."),
+          lam: Optional[float] = typer.Option(None, min=0, help="Reward weight (default: the dataset's, or 1)."),
+          seed: int = typer.Option(0),
+          out: Optional[str] = typer.Option(None, help="The saved agent's folder (default artifacts/agents/<agent>)."),
+          overwrite: bool = typer.Option(False, help="Replace an existing saved agent at --out.")) -> None:
+    """Train an agent and save it where `agents.load` / `lede evaluate --agents <folder>` read it: LEDE offline from
+    a Minari dataset, or a stable-baselines3 agent online on the replay backend."""
+    from agents.sb3 import ALGOS as SB3_ALGOS
+
+    if agent not in ("lede",) + SB3_ALGOS:
+        raise typer.BadParameter(f"expected lede or one of {', '.join(SB3_ALGOS)}, got {agent!r}.",
+                                 param_hint="AGENT")
+    folder = out or f"artifacts/agents/{agent if agent != 'lede' else 'lede-' + algo}"
+    if agent == "lede":
+        if dataset is None:
+            raise typer.BadParameter("lede trains offline: give the dataset id (`lede collect` makes one, e.g. from "
+                                     "datasets/smollm2-mixed-train-lede.toml).", param_hint="--dataset")
+        from agents.train_lede import Args, train as run
+
+        with _param("--algo/--head"):
+            args = Args(dataset=dataset, out=folder, algo=algo, head=head, updates=updates, lam=lam, seed=seed,
+                        overwrite=overwrite, **({} if eval_every is None else {"eval_every": eval_every}))
+    else:
+        from agents.train_sb3 import Args, train as run
+
+        with _param("--traces"):
+            from agents.training import resolve_traces
+
+            resolve_traces(traces)
+        args = Args(algo=agent, traces=traces, out=folder, timesteps=timesteps, heldout=heldout,
+                    lam=1.0 if lam is None else lam, seed=seed, overwrite=overwrite,
+                    **({} if eval_every is None else {"eval_every": eval_every}))
+    with _param("--out"):
+        from agents.training import check_out_folder
+
+        check_out_folder(folder, overwrite)
+    run(args)
+
+
 @app.command("fit-heads")
 def fit_heads(model: str = typer.Option("smollm2-135m", help="Model name or local Llama directory."),
               kinds: str = typer.Option("ridge,kl", help="Comma-separated head kinds: ridge, kl, kl-mlp, eagle."),

@@ -44,6 +44,7 @@ class EnvConfig:
     max_context: int | None = None
     text_in_info: bool | None = None
     stop_rules: tuple[str, ...] | None = None
+    prompt_indices: tuple[int, ...] | None = None   # reset draws its prompts from these only (default: all)
 
     def __post_init__(self) -> None:
         for name in ("model", "prompts", "exit_heads"):   # names, or paths (a local model, a .jsonl, heads)
@@ -72,7 +73,7 @@ class EnvConfig:
                 if value < low:
                     raise ValueError(f"{name} must be >= {low}, got {value}.")
                 object.__setattr__(self, name, int(value))
-        for name in ("exit_layers", "spec_lengths", "probe_layers"):
+        for name in ("exit_layers", "spec_lengths", "probe_layers", "prompt_indices"):
             value = getattr(self, name)
             if value is not None:
                 if isinstance(value, (int, str)) or not hasattr(value, "__len__") or len(value) == 0:
@@ -103,6 +104,9 @@ class EnvConfig:
             load_prompts(self.prompts)
         if min(self.spec_lengths) < 0 or len(set(self.spec_lengths)) != len(self.spec_lengths):
             raise ValueError(f"spec_lengths must be distinct integers >= 0, got {self.spec_lengths}.")
+        if self.prompt_indices is not None and (min(self.prompt_indices) < 0
+                                                or len(set(self.prompt_indices)) != len(self.prompt_indices)):
+            raise ValueError(f"prompt_indices must be distinct prompt numbers >= 0, got {list(self.prompt_indices)}.")
         if self.exit_layers is not None and len(set(self.exit_layers)) != len(self.exit_layers):
             raise ValueError(f"exit_layers must be distinct, got {self.exit_layers}.")
         if self.stop_rules is not None:
@@ -185,7 +189,9 @@ class LEDEEnv(gym.Env):
     or a path), ``dtype``, ``engine_path`` (execution path of the engine: "auto", "eager", "fast", ...; live
     backend, and the latency profile looked up for either backend), ``threads``, ``max_context``, ``text_in_info``
     (decode the text into ``info`` at every step; default on for live, off for replay where it would dominate the
-    step time), ``stop_rules`` (adaptive drafting inside a step, above), ``render_mode`` ("ansi").
+    step time), ``stop_rules`` (adaptive drafting inside a step, above), ``prompt_indices`` (the prompts ``reset``
+    draws from, by index; default all: how a training set holds prompts out for evaluation), ``render_mode``
+    ("ansi").
 
     ## Version History
     * v0: initial version.
@@ -226,6 +232,11 @@ class LEDEEnv(gym.Env):
         self._c_ar = self._cost_of_ar()
         self._generated: list[int] = []
         self._kinds: list[tuple[int, int, int]] = []
+        n = self.backend.num_prompts
+        if cfg.prompt_indices is not None and max(cfg.prompt_indices) >= n:
+            raise ValueError(f"prompt_indices {[i for i in cfg.prompt_indices if i >= n]} out of range: the prompt set "
+                             f"has {n} prompts (0..{n - 1}).")
+        self._pool = list(cfg.prompt_indices) if cfg.prompt_indices is not None else list(range(n))
 
     # ------------------------------------------------------------------ construction
     def _init_live(self, cfg: EnvConfig) -> None:
@@ -318,12 +329,12 @@ class LEDEEnv(gym.Env):
             if not 0 <= index < n:
                 raise ValueError(f"prompt_index {index} out of range: the prompt set has {n} prompts.")
         else:
-            index = int(self.np_random.integers(n))
+            index = self._pool[int(self.np_random.integers(len(self._pool)))]
         r = self.backend.reset(index) if self.config.backend == "replay" else self.backend.reset(
             index, seed=int(self.np_random.integers(2**31)))
         tries = 0
         while r.done and "prompt_index" not in options and tries < 100:  # the prefill already ended it: next prompt
-            index = (index + 1) % n
+            index = self._pool[(self._pool.index(index) + 1) % len(self._pool)] if index in self._pool else index
             r = self.backend.reset(index)
             tries += 1
         if r.done:

@@ -52,7 +52,7 @@ from lede_env.engine.stop_rules import StopRule, parse_stop_rule
 from lede_env.reward import step_reward
 from lede_env.traces import Trace, TraceSet
 
-__all__ = ["OracleResult", "Rollout", "solve", "policy_table", "evaluate_actions", "rollout_static", "best_static",
+__all__ = ["OracleResult", "Rollout", "solve", "policy_table", "q_table", "evaluate_actions", "rollout_static", "best_static",
            "aggregate_speedup"]
 
 _TIE_RTOL = 1e-9
@@ -272,6 +272,19 @@ def policy_table(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[in
         return policy
     S = len(stops)
     return np.stack([policy[:, 0], policy[:, 1] // S, policy[:, 1] % S], axis=1)
+
+
+def q_table(trace: Trace, cost_table: np.ndarray, spec_lengths: Sequence[int], lam: float = 1.0) -> np.ndarray:
+    """The hindsight action values ``Q*(t, j, kidx)`` [T-1, J, K]: the reward of action ``(j, kidx)`` from pending
+    position ``t`` plus the optimal return-to-go from where it lands (`policy_table` is their argmax, up to its
+    tie-break). What an imitation study regresses from the observation."""
+    lam = check_lam(lam, optimise=True)
+    table, ks, c_ar = _check(trace, cost_table, spec_lengths)
+    if trace.length == 1:
+        return np.zeros((0, table.shape[0], len(ks)))
+    V, _, tabs = _policy(trace, table, ks, c_ar, lam)
+    nxt = np.arange(trace.length - 1)[:, None, None] + tabs.produced
+    return tabs.reward + V[nxt]
 
 
 def _follow(trace: Trace, table: np.ndarray, tabs: _Tables, c_ar: float,

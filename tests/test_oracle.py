@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lede_env.oracle import (OracleResult, policy_table, aggregate_speedup, best_static, evaluate_actions,
-                             rollout_static, solve)
+                             q_table, rollout_static, solve)
 from lede_env.traces import Trace, TraceSet
 
 VOCAB = 50
@@ -255,6 +255,24 @@ def test_policy_table_follows_solution():
             t += tr.outcome(t, j, spec[kidx]).produced
         assert tuple(taken) == res.actions
         assert policy.shape == (tr.length - 1, 2)
+
+
+def test_q_table_values_the_optimum_and_each_action():
+    spec = (0, 1, 2, 4)
+    table = make_costs(3, 4)
+    tr = make_trace(40, [0.3, 0.8, 0.95], seed=4)
+    q = q_table(tr, table, spec)
+    res = solve(tr, table, spec)
+    assert q.shape == (tr.length - 1, 3, 4)
+    assert q[0].max() == pytest.approx(res.episode_return)            # the optimum from the start
+    policy = policy_table(tr, table, spec)
+    assert all(q[t][tuple(policy[t])] == pytest.approx(q[t].max()) for t in range(tr.length - 1))
+    # any one action from t = 5, then the optimum: its reward plus the return-to-go where it lands
+    c_ar = table[0, 0]
+    for j, kidx in [(0, 1), (2, 3), (1, 0)]:
+        out = tr.outcome(5, j, spec[kidx])
+        reward = out.produced - table[j, out.drafted] / c_ar
+        assert q[5, j, kidx] == pytest.approx(reward + q[5 + out.produced].max())
 
 
 # ------------------------------------------------------------------------------------------ lam (issue 12)

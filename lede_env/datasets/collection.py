@@ -123,7 +123,8 @@ def _report_failure(e: BaseException, dataset_id: str, done: int, episodes: int,
 
 
 def episode_buffer(ep: Episode, keys: tuple[str, ...]):
-    """A `rollout` `Episode` as Minari's `EpisodeBuffer`: float32 observations, int64 ``[T, 2]`` actions and the
+    """A `rollout` `Episode` as Minari's `EpisodeBuffer`: float32 observations, int64 ``[T, 2]`` actions (``[T, 3]`` with
+    stop rules) and the
     info ``keys`` as arrays (float64 for costs and times, int64 otherwise)."""
     from minari.data_collector import EpisodeBuffer
 
@@ -131,7 +132,7 @@ def episode_buffer(ep: Episode, keys: tuple[str, ...]):
              for k in keys}
     return EpisodeBuffer(seed=None if ep.seed is None else int(ep.seed),
                          observations=ep.observations.astype(np.float32),
-                         actions=np.asarray(ep.actions, dtype=np.int64).reshape(len(ep), 2),
+                         actions=np.asarray(ep.actions, dtype=np.int64).reshape(len(ep), -1),
                          rewards=ep.rewards.tolist(), terminations=ep.terminations.tolist(),
                          truncations=ep.truncations.tolist(), infos=infos)
 

@@ -25,12 +25,12 @@ class OfflineData:
     """Flat transition arrays of a LEDE dataset, ready for offline RL (``N`` steps, ``D`` features).
 
     ``observations`` / ``next_observations`` float32 ``[N, D]``; ``actions`` int64 ``[N]`` flat actions
-    (``j * K + kidx``, the `lede_env.wrappers.FlattenAction` encoding); ``multi_actions`` int64 ``[N, 2]``
-    (the ``MultiDiscrete`` pair); ``rewards`` float64 ``[N]`` for ``lam``; ``terminals`` / ``timeouts`` bool
+    (``j * K + kidx``, or ``(j * K + kidx) * S + s`` with stop rules: the `lede_env.wrappers.FlattenAction`
+    encoding); ``multi_actions`` int64 ``[N, 2]`` (the ``MultiDiscrete`` pair; ``[N, 3]`` with stop rules); ``rewards`` float64 ``[N]`` for ``lam``; ``terminals`` / ``timeouts`` bool
     ``[N]``
     (Minari's terminations / truncations); ``episode_ids`` int64 ``[N]``; the reward's parts ``tokens``
-    (int64), ``cost`` and ``c_ar`` (float64) for `rewards_for`. ``exit_layers``, ``spec_lengths`` and ``nvec``
-    describe the actions; ``metadata`` is the dataset's metadata.
+    (int64), ``cost`` and ``c_ar`` (float64) for `rewards_for`. ``exit_layers``, ``spec_lengths``,
+    ``stop_rules`` (None without) and ``nvec`` describe the actions; ``metadata`` is the dataset's metadata.
     """
 
     dataset_id: str
@@ -49,17 +49,19 @@ class OfflineData:
     exit_layers: tuple[int, ...]
     spec_lengths: tuple[int, ...]
     metadata: dict
+    stop_rules: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
 
     @property
-    def nvec(self) -> tuple[int, int]:
-        return len(self.exit_layers), len(self.spec_lengths)
+    def nvec(self) -> tuple[int, ...]:
+        base = (len(self.exit_layers), len(self.spec_lengths))
+        return base if self.stop_rules is None else base + (len(self.stop_rules),)
 
     @property
     def n_actions(self) -> int:
-        return len(self.exit_layers) * len(self.spec_lengths)
+        return int(np.prod(self.nvec))
 
     @property
     def dones(self) -> np.ndarray:
@@ -78,7 +80,7 @@ def recompute_rewards(infos: dict, lam: float) -> np.ndarray:
 
 def check_compatible(metadata: dict, env: gym.Env, dataset_id: str = "the dataset") -> None:
     """Raise `DatasetMismatchError` naming every difference between a LEDE dataset's metadata and ``env``:
-    environment version, action lists (exit layers, speculation lengths), observation layout."""
+    environment version, action lists (exit layers, speculation lengths, stop rules), observation layout."""
     if metadata.get("lede_format") is None:
         raise DatasetMismatchError(f"{dataset_id} is not a LEDE gym dataset (its metadata has no "
                                    "'lede_format'); collect one with `lede collect`.")
@@ -97,6 +99,9 @@ def check_compatible(metadata: dict, env: gym.Env, dataset_id: str = "the datase
     if list(metadata["spec_lengths"]) != list(base.config.spec_lengths):
         problems.append(f"spec_lengths: dataset {list(metadata['spec_lengths'])}, environment "
                         f"{list(base.config.spec_lengths)}")
+    rules = None if base.stop_rules is None else list(base.stop_rules)
+    if metadata.get("stop_rules") != rules:
+        problems.append(f"stop_rules: dataset {metadata.get('stop_rules')}, environment {rules}")
     ours, theirs = base.layout.as_dict(), metadata["observation_layout"]
     if ours != theirs:
         diff = [f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in sorted(set(ours) | set(theirs))
@@ -129,14 +134,14 @@ def load_offline_arrays(dataset, env: gym.Env, lam: float | None = None) -> Offl
     check_compatible(metadata, env, dataset_id)
     base = env.unwrapped
     lam = float(base.config.lam if lam is None else lam)
-    K = len(base.config.spec_lengths)
+    nvec = tuple(int(n) for n in base.action_space.nvec)
     names = ("obs", "next", "act", "rew", "term", "trunc", "ep", "tok", "cost", "car")
     cols: dict[str, list] = {k: [] for k in names}
     for ep in dataset.iterate_episodes():
         obs = np.asarray(ep.observations, dtype=np.float32)
         cols["obs"].append(obs[:-1])
         cols["next"].append(obs[1:])
-        cols["act"].append(np.asarray(ep.actions, dtype=np.int64).reshape(-1, 2))
+        cols["act"].append(np.asarray(ep.actions, dtype=np.int64).reshape(-1, len(nvec)))
         cols["rew"].append(np.asarray(ep.rewards, dtype=np.float64))
         cols["term"].append(np.asarray(ep.terminations, dtype=bool))
         cols["trunc"].append(np.asarray(ep.truncations, dtype=bool))
@@ -148,16 +153,18 @@ def load_offline_arrays(dataset, env: gym.Env, lam: float | None = None) -> Offl
     cat = {k: (np.concatenate(v) if v else None) for k, v in cols.items()}
     if cat["obs"] is None:
         cat = {"obs": np.zeros((0, D), np.float32), "next": np.zeros((0, D), np.float32),
-               "act": np.zeros((0, 2), np.int64), "rew": np.zeros(0), "term": np.zeros(0, bool),
+               "act": np.zeros((0, len(nvec)), np.int64), "rew": np.zeros(0), "term": np.zeros(0, bool),
                "trunc": np.zeros(0, bool), "ep": np.zeros(0, np.int64), "tok": np.zeros(0, np.int64),
                "cost": np.zeros(0), "car": np.ones(0)}
     multi = cat["act"]
     rewards = cat["rew"]
     if lam != float(metadata["lam"]):
         rewards = step_reward(cat["tok"], cat["cost"], cat["car"], lam)
-    return OfflineData(dataset_id=dataset_id, observations=cat["obs"], actions=multi[:, 0] * K + multi[:, 1],
+    flat = np.ravel_multi_index(tuple(multi.T), nvec).astype(np.int64) if len(multi) else np.zeros(0, np.int64)
+    return OfflineData(dataset_id=dataset_id, observations=cat["obs"], actions=flat,
                        multi_actions=multi, rewards=rewards, next_observations=cat["next"],
                        terminals=cat["term"],
                        timeouts=cat["trunc"], episode_ids=cat["ep"], tokens=cat["tok"], cost=cat["cost"],
                        c_ar=cat["car"], lam=lam, exit_layers=tuple(base.exit_layers),
-                       spec_lengths=tuple(base.config.spec_lengths), metadata=metadata)
+                       spec_lengths=tuple(base.config.spec_lengths), metadata=metadata,
+                       stop_rules=None if base.stop_rules is None else tuple(base.stop_rules))

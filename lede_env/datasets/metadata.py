@@ -30,7 +30,8 @@ REWARD_DEFINITION = ("r = tokens - lam * cost / c_ar, with tokens, cost (seconds
                      "and c_ar (cost of one plain autoregressive step) in infos rows 1..T; with lam = 1 the "
                      "return is the number of tokens saved versus autoregressive decoding.")
 ACTION_DEFINITION = ("MultiDiscrete([J, K]): [index into exit_layers, index into spec_lengths] (k = 0: plain "
-                     "autoregressive step); flat action j * K + kidx (lede_env.wrappers.FlattenAction).")
+                     "autoregressive step); flat action j * K + kidx (lede_env.wrappers.FlattenAction). With stop "
+                     "rules MultiDiscrete([J, K, S]), the third index into stop_rules; flat (j * K + kidx) * S + s.")
 
 
 def code_permalink() -> str:
@@ -105,6 +106,7 @@ def lede_metadata(env: gym.Env, recipe: "Recipe", agent, c_ar: float) -> dict:
         "max_new_tokens": int(base.max_new_tokens),
         "exit_layers": list(base.exit_layers),
         "spec_lengths": list(cfg.spec_lengths),
+        "stop_rules": None if base.stop_rules is None else list(base.stop_rules),
         "probe_layers": list(base.probe_layers),
         "action_definition": ACTION_DEFINITION,
         "observation_layout": base.layout.as_dict(),
