@@ -290,11 +290,11 @@ class Agent:
 def load(folder: str | os.PathLike, env) -> Agent:
     """Rebuild the agent saved in ``folder`` (`Agent.save`) for ``env``. Refuses an environment whose action lists
     or observation layout differ from the ones it was saved for, naming the difference. ``folder`` may also name an
-    agent shipped with the package (`agents.lede.SHIPPED`: ``"lede-default"``)."""
-    from agents.lede import SHIPPED, shipped_folder
+    agent shipped with the package (`agents.lede.SHIPPED`: ``"lede-default"``, alias ``"lede"``)."""
+    from agents.lede import is_shipped, shipped_folder
 
     name = str(folder)
-    folder = shipped_folder(name) if name in SHIPPED and not Path(folder).exists() else Path(folder)
+    folder = shipped_folder(name) if is_shipped(name) and not Path(folder).exists() else Path(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"No saved agent in {folder}: it has no {CONFIG} (write one with agent.save(folder)).")

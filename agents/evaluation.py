@@ -54,14 +54,14 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.base import CONFIG, KINDS, agent_class, load
-from agents.lede import SHIPPED, shipped_folder
+from agents.lede import is_shipped, shipped_folder
 from agents.oracle import replay_traces
 from agents.zoo import ZOO, ZooContext, build
 from lede_env.oracle import Rollout, aggregate_speedup, best_static, rollout_static, solve
@@ -77,7 +77,6 @@ SHARE_DEFINITION = ("share of oracle gain: the agent's total return / the oracle
 ENV_ID = "LEDE-v0"
 STATIC = re.compile(r"^static-L(\d+)-k(\d+)$")
 _INFO_KEYS = ("tokens", "accepted", "drafted", "stop_rule")
-SHIPPED_NAMES = {"lede": "lede-default"}   # short names of the agents shipped with the package (`agents.lede.SHIPPED`)
 
 
 # ------------------------------------------------------------------------------------------ what to evaluate
@@ -142,10 +141,8 @@ def _resolve_agents(agents: Sequence[str] | str) -> list[AgentSpec]:
         if m:
             specs.append(AgentSpec(label=name, source=name, kind="static",
                                    arguments={"exit_layer": int(m.group(1)), "k": int(m.group(2))}))
-        elif name in SHIPPED_NAMES or name in SHIPPED:
-            from dataclasses import replace
-
-            saved = _saved_spec(shipped_folder(SHIPPED_NAMES.get(name, name)))
+        elif is_shipped(name) and "/" not in name:
+            saved = _saved_spec(shipped_folder(name))
             specs.append(replace(saved, label=name, source=name))
         elif name in ZOO:
             if name not in KINDS:
@@ -159,6 +156,11 @@ def _resolve_agents(agents: Sequence[str] | str) -> list[AgentSpec]:
             raise ValueError(f"Unknown agent {name!r}{hint}: give names of the zoo ({', '.join(ZOO)}), or "
                              "'all', static-L<L>-k<k>, lede (the shipped LEDE agent), or the folder of a saved agent (holding the config.json that "
                              "agent.save(folder) writes).")
+    labels = [s.label for s in specs]
+    shipped = {s.label for s in specs if s.source == s.label and is_shipped(s.label)}
+    # a saved folder named like a shipped agent given beside it (`lede,artifacts/agents/lede`): labelled by its path
+    specs = [replace(s, label=s.source) if s.folder and s.label in shipped and s.source != s.label else s
+             for s in specs]
     labels = [s.label for s in specs]
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:

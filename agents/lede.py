@@ -8,7 +8,7 @@ the second stage chooses the pair (length cap, stop rule) at the exit, ``kidx * 
 observation (no hooks), so `stable_baselines3.common.evaluation.evaluate_policy` runs it as is.
 
 Shipped agents: `SHIPPED` names the trained agents that come with the package (``"lede-default"``: SmolLM2, default
-exit heads and lists); `agents.load("lede-default", env)` loads one.
+exit heads and lists; alias ``"lede"``); `agents.load("lede-default", env)` loads one.
 """
 
 from __future__ import annotations
@@ -20,16 +20,24 @@ import numpy as np
 
 from agents.base import Agent, register
 
-__all__ = ["LEDEAgent", "SHIPPED", "shipped_folder"]
+__all__ = ["LEDEAgent", "SHIPPED", "ALIASES", "is_shipped", "shipped_folder"]
 
 WEIGHTS = "q_network.pt"
 SHIPPED = {"lede-default": "smollm2-135m_lede-default"}
+ALIASES = {"lede": "lede-default"}     # short names (`lede evaluate --agents lede`)
+
+
+def is_shipped(name: str) -> bool:
+    """Whether ``name`` names a shipped agent (`SHIPPED` or an alias)."""
+    return str(name) in SHIPPED or str(name) in ALIASES
 
 
 def shipped_folder(name: str) -> Path:
-    """The folder of the shipped agent ``name`` (one of `SHIPPED`)."""
+    """The folder of the shipped agent ``name`` (one of `SHIPPED`, or an alias of `ALIASES`)."""
+    name = ALIASES.get(str(name), str(name))
     if name not in SHIPPED:
-        raise ValueError(f"No shipped agent {name!r}: the shipped agents are {sorted(SHIPPED)}.")
+        raise ValueError(f"No shipped agent {name!r}: the shipped agents are {sorted(SHIPPED)} "
+                         f"(aliases {sorted(ALIASES)}).")
     from lede_env.paths import PACKAGE_DATA
 
     return PACKAGE_DATA / "agents" / SHIPPED[name]

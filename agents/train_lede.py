@@ -48,7 +48,7 @@ class Args:
     """Arguments of one training run (validated on construction)."""
 
     dataset: str                           # Minari dataset id (`lede collect`)
-    out: str = "artifacts/agents/lede"      # the saved agent's folder
+    out: str = "artifacts/agents/lede-cql"  # the saved agent's folder
     algo: str = "cql"                       # "dqn" (double DQN) or "cql" (double DQN + discrete CQL)
     head: str = "factored"                  # "factored" (Q(s, L), Q(s, L, k)) or "flat" (Q over J x K)
     hidden: tuple[int, ...] = (256, 256)
@@ -94,12 +94,28 @@ class Args:
 
 def make_dataset_env(metadata: dict, **overrides):
     """The environment a dataset was recorded in (its metadata's ``env_id`` and ``env_kwargs``), with
-    ``overrides``."""
+    ``overrides``. A relative ``traces`` path that is not found from here is looked up in the repository (the
+    recipes name the shipped traces so); the file must be the one the dataset recorded (its sha256)."""
     import gymnasium as gym
 
     import lede_env  # noqa: F401  (registers the ids)
 
+    from lede_env.datasets.metadata import file_sha256
+    from lede_env.paths import PACKAGE_DATA
+
     kwargs = dict(metadata["env_kwargs"], **overrides)
+    traces = kwargs.get("traces")
+    if traces and not Path(traces).is_file():   # a recipe's path relative to the repository: the shipped traces
+        shipped = PACKAGE_DATA.parent.parent / traces
+        if not shipped.is_file():
+            raise FileNotFoundError(f"The dataset {metadata.get('dataset_id')} was collected on the traces {traces}, "
+                                    "which are not here: run from the folder its recipe's paths are relative to (the "
+                                    "repository root), or record them again with `lede trace`.")
+        kwargs["traces"] = str(shipped)
+    want = metadata.get("traces_sha256")
+    if traces and want and file_sha256(kwargs["traces"]) != want:
+        raise ValueError(f"{kwargs['traces']} is not the trace file the dataset {metadata.get('dataset_id')} was "
+                         "collected on (its sha256 differs): collect the dataset again on these traces.")
     return gym.make(metadata.get("env_id", "LEDE-v0"), **kwargs)
 
 

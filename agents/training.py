@@ -27,8 +27,8 @@ def evaluate_agent(agent, env, prompts) -> dict:
 
 
 def check_out_folder(out: str | Path, overwrite: bool) -> Path:
-    """The folder a trainer saves its agent to: refused when it exists (unless ``overwrite``) or is not a saved
-    agent."""
+    """The folder a trainer saves its agent to: refused when it or its checkpoints folder exists (unless
+    ``overwrite``, which removes the old checkpoints) or when it is not a saved agent."""
     from agents.base import CONFIG
 
     out = Path(out)
@@ -37,6 +37,14 @@ def check_out_folder(out: str | Path, overwrite: bool) -> Path:
                               "--out.")
     if out.exists() and not (out / CONFIG).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a saved agent: choose another --out.")
+    ckpt = checkpoints_folder(out)
+    if ckpt.exists():
+        if not overwrite:
+            raise FileExistsError(f"{ckpt} holds the checkpoints of an earlier run: pass --overwrite (overwrite=True) "
+                                  "to replace them, or choose another --out.")
+        import shutil
+
+        shutil.rmtree(ckpt)
     return out
 
 
@@ -86,7 +94,7 @@ class HeldOutCheckpoints:
         result = dict(evaluate_agent(agent, self.env, self.prompts), **{self.unit: int(step)}, seconds=self.seconds)
         self.history.append(result)
         folder = agent.save(checkpoints_folder(self.out) / f"{self.unit.rstrip('s')}-{int(step)}")
-        if result["speedup"] > self.best["speedup"]:
+        if result["speedup"] > self.best["speedup"] or "folder" not in self.best:   # NaN scores: the latest
             self.best = dict(result, folder=str(folder))
         return result
 

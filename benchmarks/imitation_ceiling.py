@@ -126,6 +126,9 @@ def main() -> None:
     torch.set_num_threads(1)
     obs, prompts, pos, env = dataset_states(a.dataset)
     base = env.unwrapped
+    if base.stop_rules is not None:
+        raise SystemExit(f"{a.dataset} was recorded with stop rules; the oracle's values here are over (exit, k): "
+                         "give a dataset without them (lede-mix-v0).")
     ks = base.config.spec_lengths
     kmax = max(ks)
     train_traces = TraceSet.load(base.config.traces).traces

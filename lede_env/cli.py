@@ -380,6 +380,9 @@ def train(agent: str = typer.Argument(..., help="lede (offline, from a dataset) 
     if agent not in ("lede",) + SB3_ALGOS:
         raise typer.BadParameter(f"expected lede or one of {', '.join(SB3_ALGOS)}, got {agent!r}.",
                                  param_hint="AGENT")
+    if agent != "lede" and dataset is not None:
+        raise typer.BadParameter(f"{agent} trains online on --traces, not on a dataset: leave --dataset out (or train "
+                                 "lede).", param_hint="--dataset")
     folder = out or f"artifacts/agents/{agent if agent != 'lede' else 'lede-' + algo}"
     if agent == "lede":
         if dataset is None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from lede_env.datasets.recipe import Recipe
 
 __all__ = ["LEDE_DATASET_FORMAT", "INFO_KEYS", "WALLCLOCK_INFO_KEYS", "FLOAT_KEYS", "REWARD_DEFINITION",
-           "ACTION_DEFINITION", "lede_metadata", "info_keys", "env_version", "code_permalink", "requirements"]
+           "ACTION_DEFINITION", "lede_metadata", "file_sha256", "info_keys", "env_version", "code_permalink", "requirements"]
 
 LEDE_DATASET_FORMAT = 1
 INFO_KEYS = ("prompt_index", "tokens", "accepted", "drafted", "cost", "c_ar")
@@ -68,7 +68,8 @@ def requirements() -> list[str]:
     return [f"lede-gym=={__version__}", "gymnasium>=1.0,<2", "minari>=0.5,<0.6"]
 
 
-def _sha256(path: str | Path) -> str | None:
+def file_sha256(path: str | Path) -> str | None:
+    """The sha256 of one file's content (None when there is no such file): what a dataset records of its traces."""
     p = Path(path)
     if not p.is_file():
         return None
@@ -102,7 +103,7 @@ def lede_metadata(env: gym.Env, recipe: "Recipe", agent, c_ar: float) -> dict:
         "prompts": base.trace_meta.get("prompts", cfg.prompts) if cfg.backend == "replay" else cfg.prompts,
         "backend": cfg.backend,
         "traces": cfg.traces,
-        "traces_sha256": _sha256(cfg.traces) if cfg.traces else None,
+        "traces_sha256": file_sha256(cfg.traces) if cfg.traces else None,
         "max_new_tokens": int(base.max_new_tokens),
         "exit_layers": list(base.exit_layers),
         "spec_lengths": list(cfg.spec_lengths),

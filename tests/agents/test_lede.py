@@ -247,3 +247,72 @@ def test_cql_keeps_to_the_actions_the_data_took(world, tmp_path):
         picked[algo] = agents.load(folder, env).predict(obs)[0]
     assert (picked["cql"] == [1, 1]).all()
     assert not (picked["dqn"] == [1, 1]).all()
+
+
+def test_stop_rule_actions_decode_as_flatten_action_encodes_them(world):
+    """The second stage's index ``kidx * S + s`` comes back as ``[j, kidx, s]``: the flat index FlattenAction gives
+    the triple is the one the network ranks first."""
+    from lede_env.wrappers import FlattenAction
+
+    env = make_env(world["files"], stop_rules="default")
+    Jn, Kn, S = (int(n) for n in env.action_space.nvec)
+    agent = LEDEAgent(env, hidden=(4,))
+    j, kidx, s = 1, 3, S - 2
+    with torch.no_grad():
+        for p in agent.network.parameters():
+            p.zero_()
+        agent.network.layer_head.bias[j] = 1.0
+        agent.network.length_head.bias[j * Kn * S + kidx * S + s] = 1.0
+    obs = env.reset(options={"prompt_index": 0})[0]
+    action = agent.predict(obs)[0]
+    assert action.tolist() == [j, kidx, s]
+    assert FlattenAction(env).flatten(action) == (j * Kn + kidx) * S + s
+    # the double-DQN target reads the same flat index of the target network
+    target = LEDEAgent(env, hidden=(4,)).network
+    with torch.no_grad():
+        for p in target.parameters():
+            p.zero_()
+        target.layer_head.bias[j] = 5.0
+        target.length_head.bias[j * Kn * S + kidx * S + s] = 5.0
+        y = td_target(agent.network, target, torch.zeros(1), torch.as_tensor(obs[None]), torch.ones(1), 0.5)
+    assert float(y) == pytest.approx(0.5 * 5.0)
+
+
+def test_an_earlier_runs_checkpoints_are_not_mixed_in(world, tmp_path):
+    (tmp_path / "a.checkpoints" / "update-999").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="checkpoints of an earlier run"):
+        train(Args(dataset=world["dataset"], out=str(tmp_path / "a"), hidden=(8,), updates=20, eval_every=10,
+                   batch_size=16, progress=False))
+    train(Args(dataset=world["dataset"], out=str(tmp_path / "a"), hidden=(8,), updates=20, eval_every=10,
+               batch_size=16, progress=False, overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "a.checkpoints").iterdir()) == ["update-10", "update-20"]
+
+
+def test_shipped_names_in_load_and_evaluate(tmp_path):
+    import gymnasium as gym
+
+    from agents.evaluation import resolve_agents
+    from lede_env.defaults import shipped_traces
+
+    env = gym.make("LEDE-v0", backend="replay", traces=str(shipped_traces("mixed:test")))
+    assert agents.load("lede", env).arguments() == agents.load("lede-default", env).arguments()
+    own = agents.load("lede", env).save(tmp_path / "lede")
+    specs = resolve_agents(f"lede,{own}")
+    assert [s.label for s in specs] == ["lede", str(own)] and specs[0].folder == str(shipped_folder("lede"))
+
+
+def test_dataset_env_finds_the_recipes_traces_and_checks_them(world, monkeypatch):
+    import minari
+
+    from agents.train_lede import make_dataset_env
+
+    meta = dict(minari.load_dataset(world["dataset"]).storage.metadata)
+    assert make_dataset_env(meta).unwrapped.config.traces == world["files"]["traces"]
+    with pytest.raises(ValueError, match="sha256 differs"):
+        make_dataset_env(dict(meta, traces_sha256="0" * 64))
+    with pytest.raises(FileNotFoundError, match="not here"):
+        make_dataset_env(dict(meta, env_kwargs=dict(meta["env_kwargs"], traces="nowhere/t.npz")))
+    shipped = dict(meta, traces_sha256=None, env_kwargs={"backend": "replay", "traces":
+                   "lede_env/data/traces/smollm2-135m_eagle+vocab_mixed-train.npz"})
+    monkeypatch.chdir(world["root"])     # elsewhere than the repository: the recipe's relative path still resolves
+    assert make_dataset_env(shipped).unwrapped.backend.num_prompts == 30
