@@ -290,8 +290,8 @@ class Agent:
 def load(folder: str | os.PathLike, env) -> Agent:
     """Rebuild the agent saved in ``folder`` (`Agent.save`) for ``env``. Refuses an environment whose action lists
     or observation layout differ from the ones it was saved for, naming the difference. ``folder`` may also name an
-    agent shipped with the package (`agents.lede.SHIPPED`: ``"lede-default"``, alias ``"lede"``)."""
-    from agents.lede import is_shipped, shipped_folder
+    agent shipped with the package (`agents.shipped.SHIPPED`: ``"lede-default"``, alias ``"lede"``; ``"sb3-default"``, alias ``"sb3"``)."""
+    from agents.shipped import is_shipped, shipped_folder
 
     name = str(folder)
     folder = shipped_folder(name) if is_shipped(name) and not Path(folder).exists() else Path(folder)

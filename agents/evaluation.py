@@ -8,7 +8,7 @@ section 5). No torch, no model: replay only.
     result.save("results/my-run")          # results.json, results.csv, speedup.png, actions-<set>.png
 
 Agents: names of the zoo (`agents.zoo.ZOO`, built by `agents.zoo.build`; ``"all"`` is the whole zoo), static
-settings ``static-L<L>-k<k>``, the shipped trained agents (``lede``: the default LEDE agent, `agents.lede.SHIPPED`)
+settings ``static-L<L>-k<k>``, the shipped trained agents (``lede``: the default LEDE agent, `agents.shipped.SHIPPED`)
 and saved agents (a folder with the ``config.json`` of ``agent.save``, rebuilt by
 `agents.base.load`). Every agent runs every selected prompt of every prompt set once, in prompt order, through the
 project's one episode loop (`lede_env.rollout.rollout`) on ``gym.make("LEDE-v0", backend="replay", traces=...,
@@ -61,14 +61,14 @@ from typing import Any
 import numpy as np
 
 from agents.base import CONFIG, KINDS, agent_class, load
-from agents.lede import is_shipped, shipped_folder
+from agents.shipped import is_shipped, shipped_folder
 from agents.oracle import replay_traces
 from agents.zoo import ZOO, ZooContext, build
 from lede_env.oracle import Rollout, aggregate_speedup, best_static, rollout_static, solve
 from lede_env.paths import tag_argument
 
 __all__ = ["AgentSpec", "PromptSetSpec", "EvaluationRow", "Reference", "EvaluationResult",
-           "resolve_agents", "resolve_prompt_sets", "evaluate", "default_out_folder", "SHARE_DEFINITION",
+           "resolve_agents", "resolve_prompt_sets", "evaluate", "build_agent", "default_out_folder", "SHARE_DEFINITION",
            "SPEEDUP_DEFINITION"]
 
 SPEEDUP_DEFINITION = "sum N * c_ar / sum cost over the episodes (token-weighted, profiled costs)"
@@ -559,7 +559,7 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
         references[ps.name] = _reference(ps, main.unwrapped, [trs[i] for i in indices[ps.name]], ctx)
         for spec in specs:
             env = env_for(spec)
-            plan.append((ps, spec, env, _build(spec, env, ps, ctx)))
+            plan.append((ps, spec, env, build_agent(spec, env, ps, ctx)))
 
     rows: list[EvaluationRow] = []
     total = sum(len(indices[ps.name]) for ps, *_ in plan)
@@ -581,7 +581,7 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
     return EvaluationResult(rows=rows, references=references, meta=meta)
 
 
-def _build(spec: AgentSpec, env, ps: PromptSetSpec, ctx: ZooContext):
+def build_agent(spec: AgentSpec, env, ps: PromptSetSpec, ctx: ZooContext):
     """The agent of ``spec`` for ``env`` (zoo agents fitted from ``ctx``); a ``ValueError`` that names the agent and
     the prompt set."""
     try:

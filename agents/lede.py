@@ -7,8 +7,8 @@ the second stage chooses the pair (length cap, stop rule) at the exit, ``kidx * 
 ``[j, kidx, s]``: the draft length is then decided while drafting, from the draft's own confidence. The agent reads only the
 observation (no hooks), so `stable_baselines3.common.evaluation.evaluate_policy` runs it as is.
 
-Shipped agents: `SHIPPED` names the trained agents that come with the package (``"lede-default"``: SmolLM2, default
-exit heads and lists; alias ``"lede"``); `agents.load("lede-default", env)` loads one.
+The shipped default (``"lede-default"``, alias ``"lede"``: SmolLM2, default exit heads and lists) is one of
+`agents.shipped.SHIPPED`; `agents.load("lede-default", env)` loads it.
 """
 
 from __future__ import annotations
@@ -20,29 +20,9 @@ import numpy as np
 
 from agents.base import Agent, register
 
-__all__ = ["LEDEAgent", "SHIPPED", "ALIASES", "is_shipped", "shipped_folder"]
+__all__ = ["LEDEAgent"]
 
 WEIGHTS = "q_network.pt"
-SHIPPED = {"lede-default": "smollm2-135m_lede-default"}
-ALIASES = {"lede": "lede-default"}     # short names (`lede evaluate --agents lede`)
-
-
-def is_shipped(name: str) -> bool:
-    """Whether ``name`` names a shipped agent (`SHIPPED` or an alias)."""
-    return str(name) in SHIPPED or str(name) in ALIASES
-
-
-def shipped_folder(name: str) -> Path:
-    """The folder of the shipped agent ``name`` (one of `SHIPPED`, or an alias of `ALIASES`)."""
-    name = ALIASES.get(str(name), str(name))
-    if name not in SHIPPED:
-        raise ValueError(f"No shipped agent {name!r}: the shipped agents are {sorted(SHIPPED)} "
-                         f"(aliases {sorted(ALIASES)}).")
-    from lede_env.paths import PACKAGE_DATA
-
-    return PACKAGE_DATA / "agents" / SHIPPED[name]
-
-
 @register
 class LEDEAgent(Agent):
     """Offline-learned LEDE policy: a Q-network (`agents.q_network.QNetwork`) read greedily in two stages (exit,
@@ -113,5 +93,6 @@ class LEDEAgent(Agent):
     def zoo(cls, env, ctx) -> "LEDEAgent":
         """The shipped default agent (``lede-default``) for ``env``."""
         from agents.base import load
+        from agents.shipped import shipped_folder
 
         return load(shipped_folder("lede-default"), env)

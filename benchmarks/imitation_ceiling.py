@@ -116,7 +116,7 @@ def main() -> None:
     import torch
 
     import agents
-    from agents.lede import shipped_folder
+    from agents.shipped import shipped_folder
     from agents.training import evaluate_agent
     from agents.zoo import ZooContext
     from lede_env.defaults import shipped_traces

@@ -21,6 +21,8 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from lede_env.bench.run import DEFAULT_AGENTS as BENCH_AGENTS   # stdlib only: no model code at start-up
+
 EXPECTED_ERRORS = (ValueError, OSError)
 
 
@@ -344,6 +346,79 @@ def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names,
         console.print(table)
     written = result.save(folder)
     console.print(f"wrote {', '.join(p.name for p in written.values())} to {folder}")
+
+
+@app.command()
+def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-separated prompt sets (held-out "
+                                                                         "splits)."),
+          agents: str = typer.Option(",".join(BENCH_AGENTS),
+                                     help="Comma-separated: zoo names, static-L<L>-k<k>, shipped agents (lede, sb3) "
+                                          "or saved agents' folders; '' for none."),
+          limit: Optional[int] = typer.Option(8, min=1, help="The first N prompts of each set."),
+          max_new_tokens: int = typer.Option(128, min=2),
+          repeats: int = typer.Option(3, min=1, help="Timed rounds over the prompts (Spec-Bench: 3)."),
+          warmup: int = typer.Option(1, min=0, help="Untimed rounds of every method on the first prompt."),
+          temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; > 0: speculative sampling (the paper: "
+                                                               "0.6)."),
+          top_p: float = typer.Option(1.0, help="Nucleus sampling under --temperature."),
+          hf: bool = typer.Option(True, help="Hugging Face's own self-speculation (assistant_early_exit) rows."),
+          hf_exit: Optional[int] = typer.Option(None, min=1, help="Its exit layer (default: found on training "
+                                                                  "prompts)."),
+          hf_length: Optional[int] = typer.Option(None, min=1, help="Its constant draft length (default: found "
+                                                                    "with the exit)."),
+          hf_exits: Optional[str] = typer.Option(None, help="Comma-separated exits the search tries (default: every "
+                                                            "fourth layer)."),
+          traces: Optional[str] = typer.Option(None, help="Test traces, one per prompt set (default: the shipped "
+                                                          "ones): the oracle's modelled speedup per prompt."),
+          train_traces: Optional[str] = typer.Option(None, help="Training traces the zoo is fitted on (default: the "
+                                                                "shipped <set>:train)."),
+          model: str = typer.Option("smollm2-135m", help="Model name or local Llama directory."),
+          threads: int = typer.Option(2, min=1),
+          out: Optional[str] = typer.Option(None, help="Results folder (default: results/bench-<time>)."),
+          progress: bool = typer.Option(True, help="Progress bars on stderr.")) -> None:
+    """Live wall-clock speedups of every method on the real model, interleaved prompt by prompt: plain greedy,
+    model.generate, Hugging Face's assistant_early_exit schedules, best static, the zoo's heuristics, the best
+    stable-baselines3 agent and LEDE; a table, results.json, results.md and plots in --out."""
+    _check_model(model)
+    from lede_env.bench.run import BenchConfig
+
+    with _param("--repeats/--temperature/--top-p/--traces/--train-traces"):
+        config = BenchConfig(prompts=prompts, agents=agents, limit=limit, max_new_tokens=max_new_tokens,
+                             repeats=repeats, warmup=warmup, temperature=temperature, top_p=top_p, hf=hf,
+                             hf_exit=hf_exit, hf_length=hf_length, traces=traces, train_traces=train_traces,
+                             hf_exits=None if hf_exits is None else _layers(hf_exits, "--hf-exits"),
+                             model=model, threads=threads)
+    from agents.evaluation import resolve_agents, resolve_prompt_sets
+
+    with _tagged_params():
+        if config.agents:
+            resolve_agents(config.agents)
+        resolve_prompt_sets(config.prompts, config.traces, config.train_traces)
+    folder = Path(out) if out else Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    with _param("--out"):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file: give a folder.")
+        from lede_env.paths import probe_writable
+
+        probe_writable(folder / "results.json")
+
+    from rich.console import Console
+
+    from lede_env.bench.run import run_bench
+
+    result = run_bench(config, progress=progress)
+    console = Console(highlight=False, width=max(160, Console().width))
+    for table in result.tables():
+        console.print(table)
+    fits = result.meta["hf_fits"]
+    for name, fit in fits.items():
+        console.print(f"Hugging Face's setting for {name}: L{fit['chosen']['exit']} n={fit['chosen']['n']}, the best "
+                      f"of {len(fit['table'])} on {fit['count']} prompts of {fit['prompts']} x {fit['tokens']} tokens")
+    written = result.save(folder)
+    console.print(f"wrote {', '.join(p.name for p in written.values())} to {folder}")
+    if any(r.exact is not None and r.exact < r.prompts for s in result.sets for r in s.rows):
+        console.print("[bold red]Some outputs differ from plain greedy decoding (the exact column).[/]")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -45,6 +45,8 @@ class EnvConfig:
     text_in_info: bool | None = None
     stop_rules: tuple[str, ...] | None = None
     prompt_indices: tuple[int, ...] | None = None   # reset draws its prompts from these only (default: all)
+    temperature: float = 0.0    # 0: greedy; > 0: speculative sampling (live backend only)
+    top_p: float = 1.0          # nucleus sampling under temperature > 0 (live backend only)
 
     def __post_init__(self) -> None:
         for name in ("model", "prompts", "exit_heads"):   # names, or paths (a local model, a .jsonl, heads)
@@ -90,6 +92,19 @@ class EnvConfig:
         if not np.isfinite(self.lam):
             raise ValueError(f"lam must be finite, got {self.lam}.")
         object.__setattr__(self, "lam", float(self.lam))
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        from lede_env.engine.sampling import SamplingConfig
+
+        SamplingConfig(self.temperature, self.top_p)   # temperature >= 0, top_p in (0, 1]: a clear error
+        if self.backend == "replay" and (self.temperature != 0 or self.top_p != 1):
+            raise ValueError(f"The replay backend is greedy: its traces hold the greedy continuation, so "
+                             f"temperature={self.temperature} and top_p={self.top_p} cannot be replayed. Sample on "
+                             "backend='live', or leave temperature at 0 and top_p at 1.")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.cost_model not in COST_MODELS:
@@ -128,6 +143,9 @@ class LEDEEnv(gym.Env):
     and a speculation length ``k``: the model drafts ``k`` tokens with its first ``L`` layers (plus an exit head,
     the final norm and the LM head), verifies them with one full forward pass and keeps the longest matching
     prefix plus one token. The output is always exactly the plain greedy output; only the time changes.
+    With ``temperature > 0`` (live backend only) the episode is one *sampled* generation by speculative sampling:
+    drafts are accepted by the speculative-sampling rule, so the output follows the full model's own (temperature,
+    top-p) distribution exactly; ``reset`` seeds the sampler from ``self.np_random``.
 
     ## Action Space
     ``MultiDiscrete([len(exit_layers), len(spec_lengths)])``: an index into ``exit_layers`` and one into
@@ -190,8 +208,12 @@ class LEDEEnv(gym.Env):
     backend, and the latency profile looked up for either backend), ``threads``, ``max_context``, ``text_in_info``
     (decode the text into ``info`` at every step; default on for live, off for replay where it would dominate the
     step time), ``stop_rules`` (adaptive drafting inside a step, above), ``prompt_indices`` (the prompts ``reset``
-    draws from, by index; default all: how a training set holds prompts out for evaluation), ``render_mode``
-    ("ansi").
+    draws from, by index; default all: how a training set holds prompts out for evaluation), ``temperature`` and
+    ``top_p`` (live backend: speculative sampling; default 0 and 1, greedy; the replay backend is greedy and refuses
+    them), ``render_mode`` ("ansi"). Not a configuration field: ``loaded``, an already loaded ``(model, tokenizer)``
+    of ``model`` for the live backend to decode with instead of loading it (several environments over one model, as
+    `lede bench` builds them; construct ``LEDEEnv(loaded=..., ...)`` directly, since ``gym.make`` would keep the model
+    in the environment's spec).
 
     ## Version History
     * v0: initial version.
@@ -199,14 +221,16 @@ class LEDEEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+    def __init__(self, render_mode: str | None = None, loaded: tuple | None = None, **kwargs: Any):
         self.config = cfg = EnvConfig(**kwargs)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
+        if loaded is not None and cfg.backend != "live":
+            raise ValueError("loaded=(model, tokenizer) is for the live backend; the replay backend loads no model.")
         self.render_mode = render_mode
         self._tokenizer = None
         if cfg.backend == "live":
-            self._init_live(cfg)
+            self._init_live(cfg, loaded)
         else:
             self._init_replay(cfg)
         J, K = len(self.exit_layers), len(cfg.spec_lengths)
@@ -239,15 +263,18 @@ class LEDEEnv(gym.Env):
         self._pool = list(cfg.prompt_indices) if cfg.prompt_indices is not None else list(range(n))
 
     # ------------------------------------------------------------------ construction
-    def _init_live(self, cfg: EnvConfig) -> None:
+    def _init_live(self, cfg: EnvConfig, loaded: tuple | None = None) -> None:
         from lede_env.backends.live import LiveBackend
         from lede_env.prompts import load_prompts
         from lede_env.wiring import build_decoder
 
         self.prompt_list = load_prompts(cfg.prompts)   # before the model: a bad selection fails at once
+        from lede_env.engine.sampling import SamplingConfig
+
         setup = build_decoder(cfg.model, heads=cfg.exit_heads, path=cfg.engine_path, dtype=cfg.dtype,
                               probe_layers=cfg.probe_layers, max_context=cfg.max_context,
-                              chat_template=cfg.chat_template, threads=cfg.threads)
+                              chat_template=cfg.chat_template, threads=cfg.threads,
+                              sampling=SamplingConfig(cfg.temperature, cfg.top_p), loaded=loaded)
         N = setup.num_layers
         self.exit_layers = check_layer_range(cfg.exit_layers or default_exit_layers(N), N, "exit_layers", cfg.model)
         self.probe_layers = setup.decoder.probe_layers

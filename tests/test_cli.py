@@ -435,3 +435,25 @@ print("torch" in sys.modules, "transformers" in sys.modules)
     assert lines[-1] == "False False", out.stdout
     assert lines[0].startswith("FileNotFoundError Model") and lines[1].startswith("FileNotFoundError No exit heads")
     assert "out of range" in lines[3] and not (tmp_path / "new").exists()
+
+
+def test_bench_checks_arguments_before_loading_the_model(tmp_path, no_model):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = [
+        (["--agents", "no-such-agent"], "Unknown agent"),
+        (["--agents", "lede,lede"], "given twice"),
+        (["--prompts", "nosuchset:test"], "nosuchset"),
+        (["--traces", "a.npz"], "1 traces files for 2 prompt sets"),
+        (["--repeats", "0"], "--repeats"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--hf-exits", "4,x"], "--hf-exits"),
+        (["--model", tmp_path / "no-model"], "neither a known name"),
+        (["--out", a_file], "is a file"),
+    ]
+    for extra, needle in cases:
+        res = run("bench", *extra)
+        assert res.exit_code == 2, (extra, res.output)
+        assert needle in flat(res), (extra, flat(res))
+        assert "Traceback" not in res.output

@@ -424,3 +424,28 @@ def test_live_and_replay_agree_with_eagle_heads(tiny_eagle_setup, tiny):
                 np.testing.assert_allclose(r1, r2, rtol=1e-12)
             assert end1 == end2
         assert accepted > 0
+
+
+def test_live_env_samples_under_temperature_and_replay_refuses(tiny_setup):
+    """temperature > 0: the live env decodes by speculative sampling (seeded by reset's seed, so an episode repeats);
+    the output is no longer the greedy one; replay refuses the option; bad values are named."""
+    greedy = make(tiny_setup)
+    sampled = make(tiny_setup, temperature=1.5, top_p=0.9)
+    assert sampled.unwrapped.backend.decoder.sampling.temperature == 1.5
+    assert sampled.unwrapped.backend.decoder.sampling.top_p == 0.9
+    actions = [np.array([1, 3])] * 60
+    outs = []
+    for env in (greedy, sampled, sampled):
+        outs.append([run_episode(env, actions, i)[1][-1]["generated_ids"] for i in range(3)])
+    assert outs[1] == outs[2]                     # the same seed at reset: the same sample
+    assert outs[1] != outs[0]                     # and not the greedy continuation
+    with pytest.raises(ValueError, match="replay backend is greedy"):
+        replay(tiny_setup, temperature=0.6)
+    with pytest.raises(ValueError, match="replay backend is greedy"):
+        replay(tiny_setup, top_p=0.9)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        make(tiny_setup, temperature=-0.5)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        make(tiny_setup, temperature=1.0, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        make(tiny_setup, temperature="hot")

@@ -32,6 +32,7 @@ from typing import Protocol, Sequence
 import torch
 
 from lede_env.engine.limits import max_draft_length
+from lede_env.engine.sampling import SamplingConfig  # noqa: F401  (part of the decoder's API)
 from lede_env.engine.stop_rules import StopRule, parse_stop_rule
 from lede_env.engine.stack import make_stack
 
@@ -49,26 +50,6 @@ class _IdentityHeads:
 
     def apply(self, layer: int, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return h
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Decoding rule. ``temperature == 0`` is greedy; otherwise speculative sampling with temperature and
-    nucleus (top-p) warping applied alike to the draft and the full model."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,7 +11,8 @@ import torch
 
 import agents
 from agents.base import AgentFileError
-from agents.lede import LEDEAgent, shipped_folder
+from agents.lede import LEDEAgent
+from agents.shipped import shipped_folder
 from agents.q_network import QNetwork
 from agents.train_lede import Args, heldout_prompts, td_target, train
 from agents.training import evaluate_agent
