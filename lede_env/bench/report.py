@@ -91,16 +91,17 @@ def summarise(prompt_set: str, methods, runs: dict, oracle: list[float] | None, 
     ref = runs[methods[0].name]
     count = len(ref)
     rounds = min(len(x) for x in ref)
+    ref_tps = [[len(x.tokens) / x.seconds for x in p] for p in ref]
+    flat_ref = [x for p in ref for x in p]
+    ref_rate = sum(len(x.tokens) for x in flat_ref) / sum(x.seconds for x in flat_ref)
     rows = []
     for m in methods:
         rs = runs[m.name]
         tps = [[len(x.tokens) / x.seconds for x in p] for p in rs]
-        ref_tps = [[len(x.tokens) / x.seconds for x in p] for p in ref]
         ratio = [[a / b for a, b in zip(pa, pb)] for pa, pb in zip(tps, ref_tps)]
         per_prompt = [statistics.median(p) for p in ratio]
         per_round = [statistics.median(ratio[i][r] for i in range(count)) for r in range(rounds)]
         flat = [x for p in rs for x in p]
-        flat_ref = [x for p in ref for x in p]
         tokens = sum(len(x.tokens) for x in flat)
         steps = sum(x.passes - 1 for x in flat)
         draft_steps = sum(x.draft_steps for x in flat)
@@ -116,8 +117,7 @@ def summarise(prompt_set: str, methods, runs: dict, oracle: list[float] | None, 
             tokens_per_s=statistics.median(statistics.median(p) for p in tps),
             speedup=statistics.median(per_prompt), spread=(_q(per_prompt, 25), _q(per_prompt, 75)),
             round_range=(min(per_round), max(per_round)),
-            aggregate=(tokens / sum(x.seconds for x in flat)) /
-                      (sum(len(x.tokens) for x in flat_ref) / sum(x.seconds for x in flat_ref)),
+            aggregate=tokens / sum(x.seconds for x in flat) / ref_rate,
             tokens_per_pass=tokens / sum(x.passes for x in flat),
             mean_exit=sum(x.exit_sum for x in flat) / draft_steps if draft_steps else None,
             mean_k=sum(x.drafted for x in flat) / draft_steps if draft_steps else None,

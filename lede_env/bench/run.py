@@ -158,6 +158,7 @@ def _train_split(name: str) -> str | None:
 def run_bench(config: BenchConfig, progress: bool = True):
     """Run the benchmark of `config` (module docstring) and return its `lede_env.bench.report.BenchResult`."""
     import torch
+    import transformers
     from tqdm import tqdm
 
     from agents.evaluation import AgentSpec, build_agent, resolve_agents, resolve_prompt_sets
@@ -165,6 +166,7 @@ def run_bench(config: BenchConfig, progress: bool = True):
     from lede_env.bench.methods import AgentMethod, HFGenerate, PlainGreedy
     from lede_env.bench.report import BenchResult, summarise
     from lede_env.engine.limits import check_layer_range
+    from lede_env.engine.profile import cpu_signature
     from lede_env.env import LEDEEnv
     from lede_env.models import load_model
     from lede_env.prompts import encode_prompt, load_prompts
@@ -256,8 +258,7 @@ def run_bench(config: BenchConfig, progress: bool = True):
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
             "hf_fits": hf_fits, "seconds": round(time.time() - t_start, 1),
             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "cpu": __import__("lede_env.engine.profile", fromlist=["cpu_signature"]).cpu_signature()}
+            "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_signature()}
     return BenchResult(sets=results, meta=meta)
 
 
