@@ -66,6 +66,7 @@ from agents.oracle import replay_traces
 from agents.zoo import ZOO, ZooContext, build
 from lede_env.oracle import Rollout, aggregate_speedup, best_static, rollout_static, solve
 from lede_env.paths import tag_argument
+from lede_env.plotting import new_figure
 
 __all__ = ["AgentSpec", "PromptSetSpec", "EvaluationRow", "Reference", "EvaluationResult",
            "resolve_agents", "resolve_prompt_sets", "evaluate", "build_agent", "default_out_folder", "SHARE_DEFINITION",
@@ -597,16 +598,10 @@ def build_agent(spec: AgentSpec, env, ps: PromptSetSpec, ctx: ZooContext):
 
 
 # ------------------------------------------------------------------------------------------ plots
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure   # no pyplot: no global backend state (Agg canvas)
-
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
-
-
 def _plot_speedup(result: EvaluationResult, path: Path) -> Path:
     sets = list(result.references)
     agents = list(dict.fromkeys(r.agent for r in result.rows))
-    fig = _figure(max(8.0, 3.5 + 0.4 * len(agents) * len(sets)), 4.5)
+    fig = new_figure(max(8.0, 3.5 + 0.4 * len(agents) * len(sets)), 4.5)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(agents))
     import matplotlib
@@ -644,7 +639,7 @@ def _plot_actions(result: EvaluationResult, prompt_set: str, path: Path) -> Path
     rows = [r for r in result.rows if r.prompt_set == prompt_set]
     cols = min(4, max(1, len(rows)))
     nrows = max(1, math.ceil(len(rows) / cols))
-    fig = _figure(3.2 * cols, 2.9 * nrows)
+    fig = new_figure(3.2 * cols, 2.9 * nrows)
     fig.suptitle(f"{prompt_set}: share of steps at each exit layer L and requested k > 0")
     for i, r in enumerate(rows):
         ax = fig.add_subplot(nrows, cols, i + 1)

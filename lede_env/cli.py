@@ -354,7 +354,7 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
           agents: str = typer.Option(",".join(BENCH_AGENTS),
                                      help="Comma-separated: zoo names, static-L<L>-k<k>, shipped agents (lede, sb3) "
                                           "or saved agents' folders; '' for none."),
-          limit: Optional[int] = typer.Option(8, min=1, help="The first N prompts of each set."),
+          limit: int = typer.Option(8, min=0, help="The first N prompts of each set (0: every prompt)."),
           max_new_tokens: int = typer.Option(128, min=2),
           repeats: int = typer.Option(3, min=1, help="Timed rounds over the prompts (Spec-Bench: 3)."),
           warmup: int = typer.Option(1, min=0, help="Untimed rounds of every method on the first prompt."),
@@ -383,7 +383,7 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
     from lede_env.bench.run import BenchConfig
 
     with _param("--repeats/--temperature/--top-p/--traces/--train-traces"):
-        config = BenchConfig(prompts=prompts, agents=agents, limit=limit, max_new_tokens=max_new_tokens,
+        config = BenchConfig(prompts=prompts, agents=agents, limit=limit or None, max_new_tokens=max_new_tokens,
                              repeats=repeats, warmup=warmup, temperature=temperature, top_p=top_p, hf=hf,
                              hf_exit=hf_exit, hf_length=hf_length, traces=traces, train_traces=train_traces,
                              hf_exits=None if hf_exits is None else _layers(hf_exits, "--hf-exits"),

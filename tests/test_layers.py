@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # floor of each module, by longest matching prefix; bottom to top
 FLOORS = [
     ("base", ["lede_env.paths", "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
-              "lede_env.traces", "lede_env.reward"]),
+              "lede_env.traces", "lede_env.reward", "lede_env.plotting"]),
     ("models and engine", ["lede_env.models", "lede_env.prompts", "lede_env.defaults", "lede_env.engine",
                            "lede_env.wiring", "lede_env.record", "lede_env.bench_engine", "lede_env.heads_fitting"]),
     ("backends", ["lede_env.backends"]),
@@ -31,7 +31,7 @@ RANK = {name: i for i, (name, _) in enumerate(FLOORS)}
 MODEL_FREE = ["lede_env.traces", "lede_env.reward", "lede_env.oracle", "lede_env.backends.replay", "lede_env.backends.base",
               "lede_env.datasets", "agents", "lede_env.features", "lede_env.rollout", "lede_env.wrappers",
               "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
-              "lede_env.engine.profile", "lede_env.engine.sampling"]
+              "lede_env.engine.profile", "lede_env.engine.sampling", "lede_env.plotting"]
 MODEL_CODE = ("torch", "transformers", "accelerate", "gguf")
 # the learned agents' networks are torch modules (a few MLP layers, no language model): torch, and nothing else of
 # MODEL_CODE; `import agents` still loads no torch (their imports are inside functions; a test below runs it)

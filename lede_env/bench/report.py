@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lede_env.plotting import new_figure
+
 __all__ = ["BenchRow", "SetResult", "BenchResult", "summarise"]
 
 
@@ -209,18 +211,12 @@ class BenchResult:
 
 
 # ------------------------------------------------------------------------------------------ plots
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure   # no pyplot: no global backend state (Agg canvas)
-
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
-
-
 FAMILY_COLORS = {"engine": "tab:gray", "hf": "tab:orange", "agent": "tab:blue"}
 
 
 def _plot_speedup(result: BenchResult, path: Path) -> Path:
     n = max(len(s.rows) for s in result.sets)
-    fig = _figure(4.8 * len(result.sets), 1.6 + 0.28 * n)
+    fig = new_figure(4.8 * len(result.sets), 1.6 + 0.28 * n)
     for g, s in enumerate(result.sets):
         ax = fig.add_subplot(1, len(result.sets), g + 1)
         rows = s.rows[::-1]
@@ -239,7 +235,7 @@ def _plot_speedup(result: BenchResult, path: Path) -> Path:
 
 
 def _plot_tokens(result: BenchResult, path: Path) -> Path:
-    fig = _figure(4.8 * len(result.sets), 4.2)
+    fig = new_figure(4.8 * len(result.sets), 4.2)
     for g, s in enumerate(result.sets):
         ax = fig.add_subplot(1, len(result.sets), g + 1)
         rows = [r for r in s.rows if r.produced]
@@ -258,7 +254,7 @@ def _plot_tokens(result: BenchResult, path: Path) -> Path:
 
 
 def _plot_clock(result: BenchResult, path: Path) -> Path:
-    fig = _figure(9.0, 3.8 * len(result.sets))
+    fig = new_figure(9.0, 3.8 * len(result.sets))
     for g, s in enumerate(result.sets):
         agents = [r for r in s.rows if r.family == "agent"]
         ax = fig.add_subplot(len(result.sets), 2, 2 * g + 1)

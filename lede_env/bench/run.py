@@ -276,10 +276,13 @@ def _oracle_per_prompt(ps, main, count: int, config: BenchConfig) -> tuple[list[
     kw = {k: v for k, v in config.env.items() if k in ("profile", "dtype", "engine_path")}
     replay = LEDEEnv(backend="replay", traces=ps.traces, exit_layers=list(main.exit_layers),
                      spec_lengths=list(main.config.spec_lengths), **kw)
-    if replay.max_new_tokens != config.max_new_tokens:
-        return None, (f"the traces were recorded with max_new_tokens={replay.max_new_tokens}, the bench ran "
-                      f"{config.max_new_tokens}")
-    trs = replay_traces(replay)
+    try:
+        if replay.max_new_tokens != config.max_new_tokens:
+            return None, (f"the traces were recorded with max_new_tokens={replay.max_new_tokens}, the bench ran "
+                          f"{config.max_new_tokens}")
+        trs = replay_traces(replay)
+    finally:
+        replay.close()
     prompts = main.backend.prompts
     if len(trs) < count or any(list(trs[i].prompt_ids) != list(prompts[i]) for i in range(count)):
         return None, f"the traces {ps.traces} hold other prompts than {ps.name}"

@@ -1,5 +1,5 @@
 """The shipped LEDE agent live on the real embedded SmolLM2: its output is plain greedy's (slow: real model, still in
-CI). `benchmarks/live_agent.py` runs the same check on every test prompt."""
+CI). `lede bench --limit 0 --no-hf --agents lede` runs the same check on every test prompt."""
 
 import gymnasium as gym
 import pytest
