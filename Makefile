@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench profile traces clean
+.PHONY: install demo test test-fast bench profile traces notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The four notebooks, executed top to bottom (about 4 minutes); the executed copies go to results/notebooks/.
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py

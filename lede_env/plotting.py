@@ -9,3 +9,12 @@ def new_figure(width: float, height: float, dpi: int = 110):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+
+
+def to_png(fig) -> bytes:
+    """The figure as PNG bytes (in a notebook: ``IPython.display.Image(to_png(fig))``)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -15,6 +15,9 @@
     accepted tokens per verification step counting the bonus token; 1.00 for autoregressive decoding.
 ``L``, ``k``
     over the steps that drafted: the mean exit layer and the mean drafted tokens.
+``acceptance`` (JSON only)
+    accepted drafts over drafted tokens, ``(tokens - passes) / drafted``: every full pass yields one token of its own
+    (the correction or bonus), so the rest are accepted drafts.
 ``predict``
     the agent's own time per step (``predict`` and its hooks), in µs; it is inside the agent's wall clock.
 ``exact``
@@ -64,6 +67,7 @@ class BenchRow:
     per_prompt: tuple[float, ...] = field(repr=False, default=())            # per-prompt median speedups
     per_prompt_modelled: tuple[float, ...] | None = field(repr=False, default=None)
     produced: tuple[int, ...] = field(repr=False, default=())                # tokens per step, every step of round 1
+    acceptance: float | None = None                                          # accepted drafts / drafted tokens
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ def summarise(prompt_set: str, methods, runs: dict, oracle: list[float] | None, 
             mean_k=sum(x.drafted for x in flat) / draft_steps if draft_steps else None,
             predict_us=1e6 * sum(x.predict_seconds for x in flat) / steps if m.family == "agent" and steps else None,
             exact=exact, modelled=modelled, per_prompt=tuple(per_prompt), per_prompt_modelled=per_modelled,
-            produced=tuple(n for p in rs for n in p[0].produced)))
+            produced=tuple(n for p in rs for n in p[0].produced),
+            acceptance=(tokens - sum(x.passes for x in flat)) / drafted if (drafted := sum(x.drafted for x in flat))
+            else None))
     return SetResult(prompt_set=prompt_set, rows=rows, oracle=oracle, note=note)
 
 

@@ -87,6 +87,7 @@ def test_every_method_is_exact_and_figures_follow_their_definitions(bench):
     assert static.mean_exit == 3.0 and static.mean_k <= 2.0 and static.tokens_per_pass > 1.0
     assert static.predict_us is not None and static.predict_us > 0
     assert static.modelled is not None and static.modelled > 0
+    assert 0.0 < static.acceptance <= 1.0 and plain.acceptance is None
     hf = [r for r in s.rows if r.method.startswith("HF early exit")]
     assert all(r.mean_exit == 3.0 for r in hf), [(r.method, r.mean_exit, r.mean_k, r.tokens_per_pass) for r in hf]
     assert s.row("HF early exit L3 constant (n=2)").mean_k == pytest.approx(2.0, abs=0.35)
@@ -101,7 +102,7 @@ def test_summarise_is_median_over_prompts_of_median_over_rounds():
             self.name, self.family = name, family
 
     def run(t, seconds, passes=4):
-        return Run(tokens=list(range(t)), seconds=seconds, passes=passes)
+        return Run(tokens=list(range(t)), seconds=seconds, passes=passes, drafted=3 if passes < t else 0)
 
     plain = [[run(4, 1.0), run(4, 1.0), run(4, 1.0)], [run(4, 2.0), run(4, 2.0), run(4, 2.0)]]
     fast = [[run(4, 0.5, 2), run(4, 0.25, 2), run(4, 1.0, 2)], [run(4, 1.0, 2), run(4, 1.0, 2), run(4, 4.0, 2)]]
@@ -113,6 +114,8 @@ def test_summarise_is_median_over_prompts_of_median_over_rounds():
     assert r.aggregate == pytest.approx((24 / 7.75) / (24 / 9.0))
     assert r.tokens_per_pass == pytest.approx(2.0)
     assert r.exact == 2
+    assert r.acceptance == pytest.approx(2 / 3)      # (4 tokens - 2 passes) accepted of 3 drafted, every run
+    assert s.row("plain").acceptance is None        # nothing drafted
 
 
 def test_bad_options_are_refused(tiny_setup):
