@@ -27,7 +27,16 @@ EXPECTED_ERRORS = (ValueError, OSError)
 
 
 class LedeGroup(TyperGroup):
-    """The `lede` group: expected errors print their message alone (module docstring)."""
+    """The `lede` group: expected errors print their message alone (module docstring); a bare ``--ray`` (no address
+    after it) means ``--ray local``, a one-machine Ray cluster."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args.insert(i + 1, "local")
+                break
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -265,10 +274,16 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
           chat_template: bool = typer.Option(True), dtype: str = typer.Option("float32"),
           threads: int = typer.Option(2, min=1),
           overwrite: bool = typer.Option(False, help="Replace an existing trace file (datasets built from it "
-                                                     "would no longer match it).")) -> None:
+                                                     "would no longer match it)."),
+          ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                            help="Record on Ray workers, split by prompt: --ray alone starts a "
+                                                 "one-machine cluster, --ray ADDRESS joins one (pip install '.[ray]')."),
+          workers: int = typer.Option(2, min=1, help="Ray workers (one model each), with --ray."),
+          worker_threads: int = typer.Option(1, min=1, help="Torch threads per Ray worker, with --ray.")) -> None:
     """Record replay traces: each prompt's greedy continuation with every exit layer's prediction.
 
-    Resumable: stopped part-way, the finished prompts are kept in <out>.partial/ and the same command resumes."""
+    Resumable: stopped part-way, the finished prompts are kept in <out>.partial/ and the same command resumes.
+    With --ray the file is the same, byte for byte; a worker that dies is restarted and its prompt recorded again."""
     from lede_env.record import prepare_recording
 
     exits, probes = _layers(exit_layers, "--exit-layers"), _layers(probe_layers, "--probe-layers")
@@ -279,8 +294,16 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
                                       overwrite=overwrite)
     _check_dtype(dtype)
 
+    if ray is not None:
+        with _param("--ray"):
+            from lede_env.distributed import require_ray
+
+            try:
+                require_ray()
+            except ImportError as e:
+                raise ValueError(str(e)) from None
     _setup(threads)
-    ts, path = recording.run()
+    ts, path = recording.run(ray=ray, workers=workers, threads=worker_threads)
     n = sum(t.length for t in ts.traces)
     typer.echo(f"recorded {len(ts)} traces, {n} tokens -> {path}")
 

@@ -20,6 +20,7 @@ the command line turns them into usage errors for that option.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -228,37 +229,35 @@ class Recording:
     def folder(self) -> Path:
         return partial_dir(self.out)
 
-    def _fingerprint(self, setup) -> dict:
-        from lede_env.defaults import heads_sha256
-
-        a = self.args
-        return {"model": model_fingerprint(a["model"]), "heads_label": setup.heads_label,
-                "heads_sha256": heads_sha256(a["heads"], a["model"]), "lede_version": _lede_version()}
-
-    def run(self, progress: bool = True) -> tuple[TraceSet, Path]:
+    def run(self, progress: bool = True, ray: str | None = None, workers: int = 2,
+            threads: int | None = None) -> tuple[TraceSet, Path]:
         """Load the model, record the prompts not finished yet and write the trace file. Returns
-        ``(TraceSet, path)``."""
+        ``(TraceSet, path)``. ``ray``: a Ray address, or ``"local"`` for a one-machine cluster, to record the prompts
+        on ``workers`` Ray workers (`lede_env.distributed`) with ``threads`` torch threads each (default 1); the trace
+        file is the same, byte for byte."""
         from tqdm import tqdm
 
-        from lede_env.engine.limits import default_exit_layers, default_probe_layers
-        from lede_env.models import load_model
-        from lede_env.wiring import build_decoder
+        factory = functools.partial(_TraceWorker, self.args, self.exit_layers, self.probe_layers,
+                                    [p.text for p in self.prompts])
+        pool = None
+        if ray is None:
+            worker = factory()
+            desc = worker.describe()
+        else:
+            from lede_env.distributed import PromptPool
 
-        a, out_path, folder = self.args, self.out, self.folder
-        model = a["model"]
-        loaded = load_model(model, dtype=a["dtype"])
-        N = loaded[0].config.num_hidden_layers
-        exit_layers = check_layer_range(self.exit_layers or default_exit_layers(N), N, "exit_layers", model)
-        probe_layers = check_layer_range(self.probe_layers or default_probe_layers(N), N, "probe_layers", model)
-        setup = build_decoder(model, heads=a["heads"], path=a["path"], dtype=a["dtype"], probe_layers=probe_layers,
-                              max_context=a["max_context"], chat_template=a["chat_template"], loaded=loaded)
-        missing = [L for L in exit_layers if not setup.heads.has(L)]
-        if missing:
-            raise ValueError(f"The exit heads ({setup.heads_label}) have no head for exit layers {missing}; they "
-                             f"cover {list(setup.heads.layers)}.")
-        dec, plist, max_new_tokens = setup.decoder, self.prompts, a["max_new_tokens"]
-        ids = setup.encode([p.text for p in plist])
-        fingerprint = self._fingerprint(setup)
+            pool = PromptPool(factory, workers=workers, address=ray, threads=threads or 1)
+            desc = pool.call_one("describe")
+        try:
+            return self._record(desc, worker.record if pool is None else None, pool, progress, tqdm)
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _record(self, desc: dict, record, pool, progress: bool, tqdm) -> tuple[TraceSet, Path]:
+        a, out_path, folder, plist = self.args, self.out, self.folder, self.prompts
+        exit_layers, probe_layers, ids = desc["exit_layers"], desc["probe_layers"], desc["ids"]
+        max_new_tokens, fingerprint = a["max_new_tokens"], desc["fingerprint"]
         done = dict(self.done)
         if done and self.stored_fingerprint != fingerprint:
             raise _refuse(folder, f"made with another model, other exit heads or another lede_env version "
@@ -267,12 +266,12 @@ class Recording:
             if tuple(tr.exit_layers) != exit_layers or tuple(tr.probe_layers) != probe_layers or \
                     tr.prompt_ids.tolist() != ids[i]:
                 raise _refuse(folder, "whose traces were recorded differently (exit or probe layers, prompt tokens)")
-        meta = {"model": model, "dtype": a["dtype"], "exit_heads": setup.heads_label, "exit_heads_spec": a["heads"],
-                "exit_heads_sha256": fingerprint["heads_sha256"],
+        meta = {"model": a["model"], "dtype": a["dtype"], "exit_heads": desc["heads_label"],
+                "exit_heads_spec": a["heads"], "exit_heads_sha256": fingerprint["heads_sha256"],
                 "exit_layers": list(exit_layers), "probe_layers": list(probe_layers), "max_new_tokens": max_new_tokens,
-                "vocab_size": setup.model.config.vocab_size, "num_layers": N, "prompts": a["prompts"],
+                "vocab_size": desc["vocab_size"], "num_layers": desc["num_layers"], "prompts": a["prompts"],
                 "prompt_ids": [p.id for p in plist], "chat_template": a["chat_template"],
-                "max_context": dec.max_context}
+                "max_context": desc["max_context"]}
         # The recording starts: only now are the output's folder and the partial folder made.
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{_RECORDING}.tmp"
@@ -284,16 +283,22 @@ class Recording:
         if done and progress:
             print(f"Resuming the recording of {out_path}: {len(done)} of {len(ids)} prompts already recorded in "
                   f"{folder}.", file=sys.stderr)
+
+        def finished(i: int, tr: Trace) -> None:
+            traces[i] = tr
+            TraceSet(traces=(tr,), meta={"prompt_id": plist[i].id, "exit_layers": list(exit_layers),
+                                         "probe_layers": list(probe_layers), "max_new_tokens": max_new_tokens}
+                     ).save(folder / f"trace-{i:05d}.npz")
+            bar.update(1)
+            bar.set_postfix(tokens=sum(t.length for t in traces.values()))
+
+        todo = [i for i in range(len(ids)) if i not in traces]
         try:
-            for i, prompt in enumerate(ids):
-                if i in traces:
-                    continue
-                traces[i] = tr = record_trace(dec, prompt, i, exit_layers, max_new_tokens)
-                TraceSet(traces=(tr,), meta={"prompt_id": plist[i].id, "exit_layers": list(exit_layers),
-                                             "probe_layers": list(probe_layers), "max_new_tokens": max_new_tokens}
-                         ).save(folder / f"trace-{i:05d}.npz")
-                bar.update(1)
-                bar.set_postfix(tokens=sum(t.length for t in traces.values()))
+            if pool is None:
+                for i in todo:
+                    finished(i, record(i))
+            else:
+                pool.map("record", todo, finished)
         except BaseException as e:
             bar.close()
             what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed ({type(e).__name__})"
@@ -310,6 +315,44 @@ class Recording:
         _publish(complete, out_path, self.overwrite, folder)
         shutil.rmtree(folder, ignore_errors=True)
         return ts, out_path
+
+
+class _TraceWorker:
+    """The model and decoder one recording runs on, built once (in this process, or in each Ray worker)."""
+
+    def __init__(self, args: dict, exit_layers, probe_layers, texts: list[str]):
+        from lede_env.engine.limits import default_exit_layers, default_probe_layers
+        from lede_env.models import load_model
+        from lede_env.wiring import build_decoder
+
+        a, model = args, args["model"]
+        loaded = load_model(model, dtype=a["dtype"])
+        N = loaded[0].config.num_hidden_layers
+        self.exit_layers = check_layer_range(exit_layers or default_exit_layers(N), N, "exit_layers", model)
+        self.probe_layers = check_layer_range(probe_layers or default_probe_layers(N), N, "probe_layers", model)
+        setup = build_decoder(model, heads=a["heads"], path=a["path"], dtype=a["dtype"],
+                              probe_layers=self.probe_layers, max_context=a["max_context"],
+                              chat_template=a["chat_template"], loaded=loaded)
+        missing = [L for L in self.exit_layers if not setup.heads.has(L)]
+        if missing:
+            raise ValueError(f"The exit heads ({setup.heads_label}) have no head for exit layers {missing}; they "
+                             f"cover {list(setup.heads.layers)}.")
+        self.args, self.setup, self.ids = a, setup, setup.encode(texts)
+
+    def describe(self) -> dict:
+        """What the driver needs of the model: the layers, the encoded prompts, the fingerprint and the metadata."""
+        from lede_env.defaults import heads_sha256
+
+        a, setup = self.args, self.setup
+        fingerprint = {"model": model_fingerprint(a["model"]), "heads_label": setup.heads_label,
+                       "heads_sha256": heads_sha256(a["heads"], a["model"]), "lede_version": _lede_version()}
+        return {"exit_layers": self.exit_layers, "probe_layers": self.probe_layers, "ids": self.ids,
+                "fingerprint": fingerprint, "heads_label": setup.heads_label,
+                "vocab_size": setup.model.config.vocab_size, "num_layers": setup.model.config.num_hidden_layers,
+                "max_context": setup.decoder.max_context}
+
+    def record(self, i: int) -> Trace:
+        return record_trace(self.setup.decoder, self.ids[i], i, self.exit_layers, self.args["max_new_tokens"])
 
 
 def prepare_recording(model: str | os.PathLike, prompts: str | os.PathLike, out: str | os.PathLike,

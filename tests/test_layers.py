@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # floor of each module, by longest matching prefix; bottom to top
 FLOORS = [
     ("base", ["lede_env.paths", "lede_env.engine.limits", "lede_env.engine.path_names", "lede_env.engine.stop_rules",
-              "lede_env.traces", "lede_env.reward", "lede_env.plotting"]),
+              "lede_env.traces", "lede_env.reward", "lede_env.plotting", "lede_env.distributed"]),
     ("models and engine", ["lede_env.models", "lede_env.prompts", "lede_env.defaults", "lede_env.engine",
                            "lede_env.wiring", "lede_env.record", "lede_env.bench_engine", "lede_env.heads_fitting"]),
     ("backends", ["lede_env.backends"]),

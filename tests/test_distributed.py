@@ -1,0 +1,88 @@
+"""`lede_env.distributed` and `lede trace --ray`: on a local two-worker Ray cluster with the tiny model, the trace file
+equals the single-process one byte for byte, and a worker killed mid-task is restarted and its prompt recorded once."""
+
+import functools
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from lede_env.distributed import PromptPool, init_ray  # noqa: E402
+from lede_env.record import _TraceWorker, prepare_recording, record_traces_for  # noqa: E402
+from lede_env.traces import TraceSet  # noqa: E402
+
+TEXTS = [f"prompt number {i} says {'abc ' * (i + 1)}" for i in range(6)]
+KW = dict(model="tiny-random", max_new_tokens=48, heads="identity", exit_layers=(1, 3, 5), probe_layers=(2, 4),
+          chat_template=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    init_ray("local", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
+    return str(path)
+
+
+def test_trace_over_ray_equals_the_single_process_file_byte_for_byte(cluster, tmp_path, prompts):
+    _, single = record_traces_for(prompts=prompts, out=tmp_path / "single.npz", progress=False, **KW)
+    rec = prepare_recording(prompts=prompts, out=tmp_path / "ray.npz", **KW)
+    ts, path = rec.run(progress=False, ray="local", workers=2)
+    assert path.read_bytes() == single.read_bytes()
+    assert len(ts) == len(TEXTS) and not (tmp_path / "ray.npz.partial").exists()
+
+
+def test_a_killed_worker_is_retried_and_no_prompt_is_lost_or_duplicated(cluster, tmp_path, prompts):
+    reference = TraceSet.load(record_traces_for(prompts=prompts, out=tmp_path / "ref.npz", progress=False, **KW)[1])
+    rec = prepare_recording(prompts=prompts, out=tmp_path / "unused.npz", **KW)
+    factory = functools.partial(_TraceWorker, rec.args, rec.exit_layers, rec.probe_layers, TEXTS)
+    pool = PromptPool(factory, workers=2)
+    before = pool.pids()
+    seen, killed = [], []
+
+    def on_submit(i, worker):
+        if i == 2:                           # handed to a worker, not finished: kill it before it can answer
+            os.kill(before[worker], signal.SIGKILL)
+            killed.append(worker)
+
+    try:
+        results = pool.map("record", range(len(TEXTS)), lambda i, tr: seen.append(i), on_submit)
+        after = pool.pids()
+    finally:
+        pool.close()
+    w = killed[0]
+    assert sorted(seen) == list(range(len(TEXTS))) and len(seen) == len(set(seen))   # none lost, none twice
+    assert after[w] != before[w] and after[1 - w] == before[1 - w]                  # the killed one restarted
+    for i, tr in results.items():
+        ref = reference.traces[i]
+        assert tr.prompt_index == i and np.array_equal(tr.tokens, ref.tokens)
+        for name, arr in ref.arrays().items():
+            assert np.array_equal(tr.arrays()[name], arr, equal_nan=True), (i, name)
+
+
+def test_pool_refuses_no_workers(cluster):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        PromptPool(lambda: None, workers=0)
+
+
+def test_lede_trace_takes_a_bare_ray_flag(cluster, tmp_path, prompts):
+    from typer.testing import CliRunner
+
+    from lede_env.cli import app
+
+    args = ["trace", "--model", "tiny-random", "--no-chat-template", "--heads", "identity", "--prompts", prompts,
+            "--max-new-tokens", "12", "--exit-layers", "1,3,5", "--probe-layers", "2,4", "--threads", "1"]
+    one = CliRunner().invoke(app, args + ["--out", str(tmp_path / "one.npz")])
+    many = CliRunner().invoke(app, args + ["--out", str(tmp_path / "ray.npz"), "--ray", "--workers", "2"])
+    assert one.exit_code == 0 and many.exit_code == 0, many.output
+    assert (tmp_path / "ray.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
