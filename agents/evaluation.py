@@ -49,6 +49,7 @@ test traces (`lede_env.oracle.best_static`) and the one fitted on the training t
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -501,7 +502,8 @@ def _reference(ps: PromptSetSpec, base, trs, ctx: ZooContext) -> Reference:
 
 def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
              traces: Sequence[str] | str | None = None, train_traces: Sequence[str] | str | None = None,
-             limit: int | None = None, progress: bool = True, env_kwargs: dict | None = None) -> EvaluationResult:
+             limit: int | None = None, progress: bool = True, env_kwargs: dict | None = None,
+             ray: str | None = None, workers: int = 2) -> EvaluationResult:
     """Run every agent on every selected test prompt of every prompt set and return the rows (module docstring).
 
     Args:
@@ -515,12 +517,15 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
         progress: a tqdm bar over agents x prompts (on stderr).
         env_kwargs: more ``gym.make`` arguments (``profile``, ``spec_lengths``, ``exit_layers``, ``lam``); saved
             agents get their own action lists whatever these say.
+        ray: a Ray address, or ``"local"`` for a one-machine cluster: the agents run on ``workers`` Ray workers
+            (`lede_env.distributed`), one agent on one prompt set per task. Not split further by prompt: some agents
+            carry state from episode to episode (the bandit learns, the random agent's generator runs on), so their
+            episodes must run in order for the rows to equal the single-process ones, which they do (every field
+            but ``predict_us``).
     """
-    import gymnasium as gym
     from tqdm import tqdm
 
     import lede_env  # noqa: F401  (registers the ids)
-    from lede_env.rollout import rollout
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         with tag_argument("limit"):
@@ -542,15 +547,10 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
         envs: dict[tuple, Any] = {}
 
         def env_for(spec: AgentSpec, ps=ps, envs=envs):
-            key = spec.env_key
-            if key not in envs:
-                kw = dict(base_kwargs)
-                if key:
-                    kw.update(exit_layers=list(key[0]), spec_lengths=list(key[1]),
-                              stop_rules=None if key[2] is None else list(key[2]))
-                envs[key] = gym.make(ENV_ID, backend="replay", traces=ps.traces, **kw)
-                made.append(envs[key])
-            return envs[key]
+            if spec.env_key not in envs:
+                envs[spec.env_key] = _make_env(ps, spec, base_kwargs)
+                made.append(envs[spec.env_key])
+            return envs[spec.env_key]
 
         main = env_for(AgentSpec(label="", source="", kind=""))
         ctx = ZooContext.from_traces(main, ps.train_traces) if ps.train_traces else ZooContext()
@@ -563,15 +563,26 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
             plan.append((ps, spec, env, build_agent(spec, env, ps, ctx)))
 
     rows: list[EvaluationRow] = []
-    total = sum(len(indices[ps.name]) for ps, *_ in plan)
-    with tqdm(total=total, disable=not progress, unit="episode", dynamic_ncols=True) as bar:
-        for ps, spec, env, agent in plan:
-            bar.set_description(f"{spec.label} on {ps.name}")
-            totals = _Totals(env.unwrapped)
-            for i in indices[ps.name]:
-                totals.add(rollout(env, agent, options={"prompt_index": i}, info_keys=_INFO_KEYS))
-                bar.update(1)
-            rows.append(totals.row(spec, ps.name, references[ps.name].oracle_return))
+    if ray is None:
+        total = sum(len(indices[ps.name]) for ps, *_ in plan)
+        with tqdm(total=total, disable=not progress, unit="episode", dynamic_ncols=True) as bar:
+            for ps, spec, env, agent in plan:
+                bar.set_description(f"{spec.label} on {ps.name}")
+                rows.append(_run_agent(env, agent, spec, ps, indices[ps.name], references[ps.name].oracle_return,
+                                       on_episode=lambda: bar.update(1)))
+    else:
+        from lede_env.distributed import PromptPool
+
+        jobs = [(ps, spec, indices[ps.name], references[ps.name].oracle_return) for ps, spec, *_ in plan]
+        pool = PromptPool(functools.partial(_EvaluationWorker, jobs, base_kwargs), workers=workers, address=ray,
+                          threads=None)
+        try:
+            with tqdm(total=len(jobs), disable=not progress, unit="agent x set", dynamic_ncols=True,
+                      desc=f"evaluating on {workers} Ray workers") as bar:
+                done = pool.map("run", range(len(jobs)), lambda n, row: bar.update(1))
+        finally:
+            pool.close()
+        rows = [done[n] for n in range(len(jobs))]
     for env in made:
         env.close()
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lede_version": lede_env.__version__,
@@ -580,6 +591,56 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
             "seconds": round(time.time() - t_start, 3),
             "reproducible": "every field of every row but predict_us (wall time of the agent)"}
     return EvaluationResult(rows=rows, references=references, meta=meta)
+
+
+def _make_env(ps: PromptSetSpec, spec: AgentSpec, base_kwargs: dict):
+    """The replay environment of prompt set ``ps`` with the action lists agent ``spec`` needs."""
+    import gymnasium as gym
+
+    import lede_env  # noqa: F401  (registers the ids)
+
+    kw = dict(base_kwargs)
+    if spec.env_key:
+        key = spec.env_key
+        kw.update(exit_layers=list(key[0]), spec_lengths=list(key[1]),
+                  stop_rules=None if key[2] is None else list(key[2]))
+    return gym.make(ENV_ID, backend="replay", traces=ps.traces, **kw)
+
+
+def _run_agent(env, agent, spec: AgentSpec, ps: PromptSetSpec, indices: Sequence[int], oracle_return: float,
+               on_episode=lambda: None) -> EvaluationRow:
+    """One agent's row on one prompt set: its episodes on ``indices``, in order."""
+    from lede_env.rollout import rollout
+
+    totals = _Totals(env.unwrapped)
+    for i in indices:
+        totals.add(rollout(env, agent, options={"prompt_index": i}, info_keys=_INFO_KEYS))
+        on_episode()
+    return totals.row(spec, ps.name, oracle_return)
+
+
+class _EvaluationWorker:
+    """A Ray worker of `evaluate`: runs job ``n`` (one agent on one prompt set), building what it needs itself and
+    keeping each prompt set's environments and fitted zoo context for its later jobs."""
+
+    def __init__(self, jobs: list, base_kwargs: dict):
+        self.jobs, self.base_kwargs = jobs, base_kwargs
+        self.envs: dict[tuple, Any] = {}
+        self.contexts: dict[str, ZooContext] = {}
+
+    def _env(self, ps: PromptSetSpec, spec: AgentSpec):
+        key = (ps.name, spec.env_key)
+        if key not in self.envs:
+            self.envs[key] = _make_env(ps, spec, self.base_kwargs)
+        return self.envs[key]
+
+    def run(self, n: int) -> EvaluationRow:
+        ps, spec, indices, oracle_return = self.jobs[n]
+        if ps.name not in self.contexts:
+            main = self._env(ps, AgentSpec(label="", source="", kind=""))
+            self.contexts[ps.name] = ZooContext.from_traces(main, ps.train_traces) if ps.train_traces else ZooContext()
+        env = self._env(ps, spec)
+        return _run_agent(env, build_agent(spec, env, ps, self.contexts[ps.name]), spec, ps, indices, oracle_return)
 
 
 def build_agent(spec: AgentSpec, env, ps: PromptSetSpec, ctx: ZooContext):

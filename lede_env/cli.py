@@ -157,6 +157,17 @@ def _check_out_file(out: Optional[str], suffix: str, hint: str = "--out") -> Non
         probe_writable(path)
 
 
+def _check_ray() -> None:
+    """A usage error for --ray when Ray is not installed."""
+    from lede_env.distributed import require_ray
+
+    with _param("--ray"):
+        try:
+            require_ray()
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+
+
 def _setup(threads: int) -> None:
     import torch
 
@@ -295,13 +306,7 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
     _check_dtype(dtype)
 
     if ray is not None:
-        with _param("--ray"):
-            from lede_env.distributed import require_ray
-
-            try:
-                require_ray()
-            except ImportError as e:
-                raise ValueError(str(e)) from None
+        _check_ray()
     _setup(threads)
     ts, path = recording.run(ray=ray, workers=workers, threads=worker_threads)
     n = sum(t.length for t in ts.traces)
@@ -343,7 +348,11 @@ def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names,
              limit: Optional[int] = typer.Option(None, min=1, help="Only the first N prompts of each set."),
              out: Optional[str] = typer.Option(None, help="Results folder (default: results/evaluate-<time>)."),
              profile: Optional[str] = typer.Option(None, help="Latency profile JSON (default: the stored one)."),
-             progress: bool = typer.Option(True, help="Progress bar on stderr.")) -> None:
+             progress: bool = typer.Option(True, help="Progress bar on stderr."),
+             ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                               help="Run on Ray workers, one agent on one prompt set per task: --ray "
+                                                    "alone starts a one-machine cluster, --ray ADDRESS joins one."),
+             workers: int = typer.Option(2, min=1, help="Ray workers, with --ray.")) -> None:
     """Score agents on the replay backend (profiled costs): return, speedup, share of the oracle's gain, tokens per
     step, mean L and k, policy time; a table per prompt set, JSON, CSV and plots in --out."""
     from agents.evaluation import default_out_folder, evaluate as run_evaluation, resolve_agents, resolve_prompt_sets
@@ -362,8 +371,11 @@ def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names,
 
     from rich.console import Console
 
+    if ray is not None:
+        _check_ray()
     result = run_evaluation(agents, prompts, traces=traces, train_traces=train_traces, limit=limit,
-                            progress=progress, env_kwargs={"profile": profile} if profile else None)
+                            progress=progress, env_kwargs={"profile": profile} if profile else None,
+                            ray=ray, workers=workers)
     console = Console(highlight=False, width=max(120, Console().width))
     for table in result.tables():
         console.print(table)

@@ -43,10 +43,11 @@ def init_ray(address: str = LOCAL, num_cpus: int | None = None):
 class _Worker:
     """The actor: builds its object once with ``factory()`` and calls its methods by name."""
 
-    def __init__(self, factory: Callable[[], Any], threads: int):
-        import torch
+    def __init__(self, factory: Callable[[], Any], threads: int | None):
+        if threads is not None:      # work without a model (replay evaluation) leaves torch unimported
+            import torch
 
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         self.obj = factory()
 
     def call(self, method: str, *args):
@@ -58,15 +59,15 @@ class _Worker:
 
 class PromptPool:
     """``workers`` Ray actors, each holding ``factory()`` (a model and what works on it, built once per worker), with
-    ``threads`` torch threads and ``cpus`` Ray CPUs each."""
+    ``threads`` torch threads (None: torch is left alone) and as many Ray CPUs (one when ``threads`` is None)."""
 
-    def __init__(self, factory: Callable[[], Any], workers: int = 2, address: str = LOCAL, threads: int = 1,
-                 cpus: float | None = None):
+    def __init__(self, factory: Callable[[], Any], workers: int = 2, address: str = LOCAL, threads: int | None = 1):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}.")
-        ray = init_ray(address, num_cpus=workers * threads if address == LOCAL else None)
+        cpus = threads or 1
+        ray = init_ray(address, num_cpus=workers * cpus if address == LOCAL else None)
         self._ray = ray
-        actor = ray.remote(num_cpus=cpus if cpus is not None else threads, max_restarts=-1,
+        actor = ray.remote(num_cpus=cpus, max_restarts=-1,
                            max_task_retries=-1)(_Worker)
         self.actors = [actor.remote(factory, threads) for _ in range(workers)]
 

@@ -86,3 +86,18 @@ def test_lede_trace_takes_a_bare_ray_flag(cluster, tmp_path, prompts):
     many = CliRunner().invoke(app, args + ["--out", str(tmp_path / "ray.npz"), "--ray", "--workers", "2"])
     assert one.exit_code == 0 and many.exit_code == 0, many.output
     assert (tmp_path / "ray.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+
+
+def test_evaluate_over_ray_gives_the_single_process_rows(cluster):
+    from dataclasses import asdict
+
+    from agents.evaluation import evaluate
+
+    names = ["random", "ucb", "best-static", "specdec++", "lede", "oracle"]      # stateful ones included
+    one = evaluate(names, ["mixed:test", "humaneval:test"], limit=5, progress=False)
+    many = evaluate(names, ["mixed:test", "humaneval:test"], limit=5, progress=False, ray="local", workers=2)
+    assert [r.agent for r in many.rows] == [r.agent for r in one.rows]
+    for a, b in zip(one.rows, many.rows):
+        a, b = asdict(a), asdict(b)
+        a.pop("predict_us"), b.pop("predict_us")
+        assert a == b
