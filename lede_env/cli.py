@@ -157,6 +157,14 @@ def _check_out_file(out: Optional[str], suffix: str, hint: str = "--out") -> Non
         probe_writable(path)
 
 
+def _check_device(device: str) -> None:
+    """A usage error for --device that torch cannot use here (no CUDA GPU, say)."""
+    from lede_env.models import check_device
+
+    with _param("--device"):
+        check_device(device)
+
+
 def _check_ray() -> None:
     """A usage error for --ray when Ray is not installed."""
     from lede_env.distributed import require_ray
@@ -246,11 +254,13 @@ def profile(model: str = typer.Option("smollm2-135m"), dtype: str = typer.Option
             exit_layers: str = typer.Option("all", help="Comma-separated exit layers, or 'all' (the heads' layers)."),
             max_verify: int = typer.Option(13, min=1), repeats: int = typer.Option(25, min=1),
             path: str = typer.Option("auto", help="Execution path: auto, eager, fast, fast-bf16."),
-            out: Optional[str] = typer.Option(None, help="Output JSON (default: $LEDE_HOME/profiles/<key>.json).")
-            ) -> None:
+            out: Optional[str] = typer.Option(None, help="Output JSON (default: $LEDE_HOME/profiles/<key>.json)."),
+            device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda or cuda:N (every timing "
+                                                    "synchronises the device).")) -> None:
     """Measure the latency profile (draft cost per exit layer, verification cost per length)."""
     _check_model(model)
     _check_dtype(dtype)
+    _check_device(device)
     _check_heads(heads)
     _check_path(path)
     layers = _layers(exit_layers, "--exit-layers", allow_all=True)
@@ -261,7 +271,7 @@ def profile(model: str = typer.Option("smollm2-135m"), dtype: str = typer.Option
     from lede_env.wiring import build_decoder
 
     _setup(threads)
-    setup = build_decoder(model, heads=heads, path=path, dtype=dtype, eos=False)
+    setup = build_decoder(model, heads=heads, path=path, dtype=dtype, eos=False, device=device)
     N = setup.num_layers
     if layers == "all":   # every layer the heads cover (every exit for identity heads)
         layers = list(getattr(setup.heads, "layers", ()) or range(1, N))
@@ -283,6 +293,7 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
           exit_layers: Optional[str] = typer.Option(None, help="Comma-separated (default: the env's default)."),
           probe_layers: Optional[str] = typer.Option(None, help="Comma-separated (default: the env's default)."),
           chat_template: bool = typer.Option(True), dtype: str = typer.Option("float32"),
+          device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda or cuda:N."),
           threads: int = typer.Option(2, min=1),
           overwrite: bool = typer.Option(False, help="Replace an existing trace file (datasets built from it "
                                                      "would no longer match it)."),
@@ -302,8 +313,9 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
         recording = prepare_recording(model=model, prompts=prompts, out=out, limit=limit,
                                       max_new_tokens=max_new_tokens, heads=heads, exit_layers=exits,
                                       probe_layers=probes, chat_template=chat_template, dtype=dtype,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, device=device)
     _check_dtype(dtype)
+    _check_device(device)
 
     if ray is not None:
         _check_ray()
@@ -409,12 +421,19 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
                                                                 "shipped <set>:train)."),
           model: str = typer.Option("smollm2-135m", help="Model name or local Llama directory."),
           threads: int = typer.Option(2, min=1),
+          device: str = typer.Option("cpu", help="Where the model runs: cpu, cuda or cuda:N (with --dtype bfloat16 on "
+                                                  "a GPU)."),
+          dtype: str = typer.Option("float32", help="Model dtype: float32 or bfloat16."),
+          heads: str = typer.Option("default", help="Exit heads of our methods: default, identity or a path."),
           out: Optional[str] = typer.Option(None, help="Results folder (default: results/bench-<time>)."),
           progress: bool = typer.Option(True, help="Progress bars on stderr.")) -> None:
     """Live wall-clock speedups of every method on the real model, interleaved prompt by prompt: plain greedy,
     model.generate, Hugging Face's assistant_early_exit schedules, best static, the zoo's heuristics, the best
     stable-baselines3 agent and LEDE; a table, results.json, results.md and plots in --out."""
     _check_model(model)
+    _check_dtype(dtype)
+    _check_heads(heads)
+    _check_device(device)
     from lede_env.bench.run import BenchConfig
 
     with _param("--repeats/--temperature/--top-p/--traces/--train-traces"):
@@ -422,7 +441,7 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
                              repeats=repeats, warmup=warmup, temperature=temperature, top_p=top_p, hf=hf,
                              hf_exit=hf_exit, hf_length=hf_length, traces=traces, train_traces=train_traces,
                              hf_exits=None if hf_exits is None else _layers(hf_exits, "--hf-exits"),
-                             model=model, threads=threads)
+                             model=model, threads=threads, env={"device": device, "dtype": dtype, "exit_heads": heads})
     from agents.evaluation import resolve_agents, resolve_prompt_sets
 
     with _tagged_params():

@@ -39,6 +39,7 @@ class EnvConfig:
     lam: float = 1.0
     exit_heads: str = "default"
     dtype: str = "float32"
+    device: str = "cpu"         # live backend: where the model runs ("cuda" for a GPU, bf16 advised)
     engine_path: str = "auto"
     threads: int | None = None
     max_context: int | None = None
@@ -53,7 +54,7 @@ class EnvConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))   # JSON-safe
-        for name in ("model", "prompts", "exit_heads", "dtype", "engine_path", "backend", "cost_model"):
+        for name in ("model", "prompts", "exit_heads", "dtype", "device", "engine_path", "backend", "cost_model"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}.")
@@ -274,7 +275,7 @@ class LEDEEnv(gym.Env):
         setup = build_decoder(cfg.model, heads=cfg.exit_heads, path=cfg.engine_path, dtype=cfg.dtype,
                               probe_layers=cfg.probe_layers, max_context=cfg.max_context,
                               chat_template=cfg.chat_template, threads=cfg.threads,
-                              sampling=SamplingConfig(cfg.temperature, cfg.top_p), loaded=loaded)
+                              sampling=SamplingConfig(cfg.temperature, cfg.top_p), loaded=loaded, device=cfg.device)
         N = setup.num_layers
         self.exit_layers = check_layer_range(cfg.exit_layers or default_exit_layers(N), N, "exit_layers", cfg.model)
         self.probe_layers = setup.decoder.probe_layers
@@ -334,7 +335,9 @@ class LEDEEnv(gym.Env):
         else:
             model = cfg.model if cfg.backend == "live" else self.trace_meta["model"]
             dtype = cfg.dtype if cfg.backend == "live" else self.trace_meta["dtype"]
-            self.profile = find_profile(model, dtype, "cpu", cfg.threads or 2, cfg.engine_path, self.heads_kind)
+            device = cfg.device if cfg.backend == "live" else self.trace_meta.get("device", "cpu")
+            self.profile = find_profile(model, dtype, device.split(":")[0], cfg.threads or 2, cfg.engine_path,
+                                        self.heads_kind)
         if cfg.backend == "live":
             self.profile.check_build(self.backend.decoder.stack.build)
         if self.profile.num_layers != self.num_layers:

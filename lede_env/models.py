@@ -86,6 +86,23 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can place a model there; else a ``ValueError`` that says why and what to do."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU: "
+                             "install a CUDA build of torch on a machine with an NVIDIA GPU, or use device 'cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"Device {device!r} asked for, but only {torch.cuda.device_count()} CUDA devices exist.")
+    elif dev.type != "cpu":
+        raise ValueError(f"Device {device!r} is not supported: use 'cpu' or 'cuda[:N]'.")
+    return str(device)
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32", device: str = "cpu"):
     """Load a Llama model and its tokenizer, offline.
 
@@ -95,6 +112,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fl
     """
     name_or_path = check_model_name(name_or_path)
     torch_dtype = _resolve_dtype(dtype)
+    check_device(device)
     if name_or_path == TINY_MODEL:
         model, tok = tiny_random_llama()
     else:

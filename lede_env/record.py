@@ -272,6 +272,8 @@ class Recording:
                 "vocab_size": desc["vocab_size"], "num_layers": desc["num_layers"], "prompts": a["prompts"],
                 "prompt_ids": [p.id for p in plist], "chat_template": a["chat_template"],
                 "max_context": desc["max_context"]}
+        if a.get("device", "cpu") != "cpu":
+            meta["device"] = a["device"]        # the replay env prices these traces with this device's profile
         # The recording starts: only now are the output's folder and the partial folder made.
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{_RECORDING}.tmp"
@@ -326,7 +328,7 @@ class _TraceWorker:
         from lede_env.wiring import build_decoder
 
         a, model = args, args["model"]
-        loaded = load_model(model, dtype=a["dtype"])
+        loaded = load_model(model, dtype=a["dtype"], device=a.get("device", "cpu"))
         N = loaded[0].config.num_hidden_layers
         self.exit_layers = check_layer_range(exit_layers or default_exit_layers(N), N, "exit_layers", model)
         self.probe_layers = check_layer_range(probe_layers or default_probe_layers(N), N, "probe_layers", model)
@@ -358,7 +360,8 @@ class _TraceWorker:
 def prepare_recording(model: str | os.PathLike, prompts: str | os.PathLike, out: str | os.PathLike,
                       limit: int | None = None, max_new_tokens: int = 128, heads: str | os.PathLike | None = "default",
                       exit_layers=None, probe_layers=None, chat_template: bool = True, dtype: str = "float32",
-                      max_context: int | None = None, overwrite: bool = False, path: str = "auto") -> Recording:
+                      max_context: int | None = None, overwrite: bool = False, path: str = "auto",
+                      device: str = "cpu") -> Recording:
     """Check everything a recording needs that can be checked without the model, creating nothing: the output
     path (`check_trace_output`; an existing file is replaced only with ``overwrite``), the model name, the
     prompt selection (non-empty), ``limit >= 1``, the layer lists, the heads path and an unfinished recording's
@@ -376,6 +379,8 @@ def prepare_recording(model: str | os.PathLike, prompts: str | os.PathLike, out:
             "max_new_tokens": int(max_new_tokens), "exit_layers": None if exits is None else list(exits),
             "probe_layers": None if probes is None else list(probes), "chat_template": bool(chat_template),
             "max_context": None if max_context is None else int(max_context), "path": path}
+    if device != "cpu":          # recorded on a GPU (a CPU recording's arguments stay as they were: it resumes)
+        args["device"] = device
     done, stored = _read_partial(partial_dir(out_path), args, [p.id for p in plist])
     return Recording(out=out_path, args=args, prompts=plist, done=done, stored_fingerprint=stored,
                      exit_layers=exits, probe_layers=probes, overwrite=overwrite)
@@ -385,11 +390,12 @@ def record_traces_for(model: str | os.PathLike, prompts: str | os.PathLike, out:
                       limit: int | None = None, max_new_tokens: int = 128, heads: str | os.PathLike | None = "default",
                       exit_layers: tuple[int, ...] | None = None, probe_layers: tuple[int, ...] | None = None,
                       chat_template: bool = True, dtype: str = "float32", max_context: int | None = None,
-                      progress: bool = True, overwrite: bool = False, path: str = "auto"):
+                      progress: bool = True, overwrite: bool = False, path: str = "auto", device: str = "cpu"):
     """Record the traces of a prompt set (optionally its first ``limit`` prompts) with ``model`` and write them to
     ``out``, resumably (module docstring): `prepare_recording` (every check that needs no model, before it loads),
     then `Recording.run`. Returns ``(TraceSet, path)``. ``path``: the decoder's execution path (greedy output is the
     same on the fp32 paths). Paths may be strings or `os.PathLike`."""
     return prepare_recording(model, prompts, out, limit=limit, max_new_tokens=max_new_tokens, heads=heads,
                              exit_layers=exit_layers, probe_layers=probe_layers, chat_template=chat_template,
-                             dtype=dtype, max_context=max_context, overwrite=overwrite, path=path).run(progress)
+                             dtype=dtype, max_context=max_context, overwrite=overwrite, path=path,
+                             device=device).run(progress)

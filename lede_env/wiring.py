@@ -54,12 +54,13 @@ class DecoderSetup:
 def build_decoder(model: str = "smollm2-135m", heads: str | None = "default", path: str = "auto",
                   dtype: str = "float32", probe_layers: Sequence[int] | None = (), max_context: int | None = None,
                   eos: bool = True, chat_template: bool = True, sampling=None, threads: int | None = None,
-                  loaded: tuple | None = None) -> DecoderSetup:
+                  loaded: tuple | None = None, device: str = "cpu") -> DecoderSetup:
     """Load ``model`` (a name or a local Llama directory), resolve ``heads`` ("default", "identity" or a path) and
     build the decoder on execution path ``path``. ``probe_layers=None``: the default probes of the model's depth
     (`lede_env.engine.limits.default_probe_layers`). ``eos=False``: generations never stop at EOS (profiling).
     ``threads``: torch's thread count, set before the layer stack is built. ``loaded``: an already loaded
-    ``(model, tokenizer)`` to use instead of loading ``model``."""
+    ``(model, tokenizer)`` to use instead of loading ``model``. ``device``: "cpu" or "cuda[:N]" (the model and its
+    exit heads go there; "auto" then resolves to the eager path, in the model's dtype)."""
     import torch
 
     from lede_env.defaults import resolve_exit_heads
@@ -69,7 +70,7 @@ def build_decoder(model: str = "smollm2-135m", heads: str | None = "default", pa
 
     if threads:
         torch.set_num_threads(int(threads))
-    mdl, tok = loaded if loaded is not None else load_model(model, dtype=dtype)
+    mdl, tok = loaded if loaded is not None else load_model(model, dtype=dtype, device=device)
     exit_heads = resolve_exit_heads(heads, model, mdl)
     if probe_layers is None:
         probe_layers = default_probe_layers(mdl.config.num_hidden_layers)

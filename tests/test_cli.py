@@ -77,6 +77,7 @@ def test_trace_checks_arguments_before_loading_the_model(tmp_path, prompts, no_m
         (["--out", tmp_path / "a.npz", "--model", tmp_path / "no-model"], "neither a known name"),
         (["--out", tmp_path / "a.npz", "--dtype", "float8"], "dtype"),
         (["--out", tmp_path / "a.npz", "--prompts", "nosuchset"], "unknown prompt set"),
+        (["--out", tmp_path / "a.npz", "--device", "meta"], "not supported"),
     ]
     for extra, needle in cases:
         res = run(*base, *extra)
@@ -451,9 +452,25 @@ def test_bench_checks_arguments_before_loading_the_model(tmp_path, no_model):
         (["--hf-exits", "4,x"], "--hf-exits"),
         (["--model", tmp_path / "no-model"], "neither a known name"),
         (["--out", a_file], "is a file"),
+        (["--device", "nonsense"], "Unknown device"),
     ]
     for extra, needle in cases:
         res = run("bench", *extra)
         assert res.exit_code == 2, (extra, res.output)
         assert needle in flat(res), (extra, flat(res))
         assert "Traceback" not in res.output
+
+
+def test_device_is_checked_before_the_model_loads(no_model):
+    """A GPU asked for where torch sees none: a usage error that says what to do (on a GPU machine: the index)."""
+    import torch
+
+    from lede_env.models import check_device
+
+    assert check_device("cpu") == "cpu"
+    ask = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError, match="no CUDA GPU|CUDA devices exist"):
+        check_device(ask)
+    for command in (["profile"], ["bench"]):
+        res = run(*command, "--device", ask)
+        assert res.exit_code == 2 and "--device" in flat(res) and "Traceback" not in res.output, res.output

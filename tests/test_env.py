@@ -449,3 +449,11 @@ def test_live_env_samples_under_temperature_and_replay_refuses(tiny_setup):
         make(tiny_setup, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="temperature must be a finite number"):
         make(tiny_setup, temperature="hot")
+
+
+def test_env_config_checks_the_device():
+    from lede_env.env import EnvConfig
+
+    with pytest.raises(ValueError, match="device must be a non-empty string"):
+        EnvConfig(device="")
+    assert EnvConfig(device="cuda:1").device == "cuda:1"    # checked against the machine when the model loads

@@ -52,6 +52,14 @@ class Run:
     modelled_cost: float | None = None
 
 
+def _clock(device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (a no-op on CPU): every timing ends on it."""
+    from lede_env.engine.decoder import _sync
+
+    _sync(device)
+    return time.perf_counter()
+
+
 class PlainGreedy:
     """Plain autoregressive decoding with our engine (the reference every speedup is divided by): one full pass per
     token, ``SelfSpeculativeDecoder.generate(ids, n, k=0)``. Under a sampling decoder it samples."""
@@ -65,9 +73,9 @@ class PlainGreedy:
 
     def run(self, prompt_index: int) -> Run:
         ids = self.prompts[prompt_index]
-        t0 = time.perf_counter()
+        t0 = _clock(self.decoder.device)
         out, steps = self.decoder.generate(ids, self.max_new_tokens, exit_layer=1, k=0)
-        seconds = time.perf_counter() - t0
+        seconds = _clock(self.decoder.device) - t0
         return Run(tokens=list(out), seconds=seconds, passes=len(steps) + 1, produced=[s.produced for s in steps],
                    modelled_cost=None if self.c_ar is None else len(steps) * self.c_ar)
 
@@ -155,12 +163,12 @@ class HFGenerate:
             kwargs["do_sample"] = False
         if self.early_exit is not None:
             kwargs["assistant_early_exit"] = int(self.early_exit)
-        x = torch.tensor([list(ids)])
+        x = torch.tensor([list(ids)], device=self.model.device)
         try:
-            t0 = time.perf_counter()
+            t0 = _clock(self.model.device)
             with torch.inference_mode():
                 out = self.model.generate(x, attention_mask=torch.ones_like(x), **kwargs)
-            seconds = time.perf_counter() - t0
+            seconds = _clock(self.model.device) - t0
         finally:
             self.model.generation_config = saved
             for h in handles:
@@ -187,9 +195,10 @@ class AgentMethod:
     def run(self, prompt_index: int) -> Run:
         from lede_env.rollout import rollout
 
-        t0 = time.perf_counter()
+        device = self.env.unwrapped.backend.decoder.device
+        t0 = _clock(device)
         ep = rollout(self.env, self.agent, options={"prompt_index": int(prompt_index)}, info_keys=self._KEYS)
-        seconds = time.perf_counter() - t0
+        seconds = _clock(device) - t0
         steps = ep.infos[1:]
         drafting = [i for i in steps if i["drafted"] > 0]
         return Run(tokens=list(ep.infos[-1]["generated_ids"]), seconds=seconds, passes=len(steps) + 1,

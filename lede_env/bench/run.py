@@ -177,7 +177,7 @@ def run_bench(config: BenchConfig, progress: bool = True):
     t_start = time.time()
     load_start = os.getloadavg()
     dtype = config.env.get("dtype", "float32")
-    loaded = load_model(config.model, dtype=dtype)
+    loaded = load_model(config.model, dtype=dtype, device=config.env.get("device", "cpu"))
     model, tok = loaded
     N = model.config.num_hidden_layers
     if config.hf_exit is not None:
