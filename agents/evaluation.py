@@ -563,28 +563,30 @@ def evaluate(agents: Sequence[str] | str, prompt_sets: Sequence[str] | str, *,
             plan.append((ps, spec, env, build_agent(spec, env, ps, ctx)))
 
     rows: list[EvaluationRow] = []
-    if ray is None:
-        total = sum(len(indices[ps.name]) for ps, *_ in plan)
-        with tqdm(total=total, disable=not progress, unit="episode", dynamic_ncols=True) as bar:
-            for ps, spec, env, agent in plan:
-                bar.set_description(f"{spec.label} on {ps.name}")
-                rows.append(_run_agent(env, agent, spec, ps, indices[ps.name], references[ps.name].oracle_return,
-                                       on_episode=lambda: bar.update(1)))
-    else:
-        from lede_env.distributed import PromptPool
+    try:
+        if ray is None:
+            total = sum(len(indices[ps.name]) for ps, *_ in plan)
+            with tqdm(total=total, disable=not progress, unit="episode", dynamic_ncols=True) as bar:
+                for ps, spec, env, agent in plan:
+                    bar.set_description(f"{spec.label} on {ps.name}")
+                    rows.append(_run_agent(env, agent, spec, ps, indices[ps.name], references[ps.name].oracle_return,
+                                           on_episode=lambda: bar.update(1)))
+        else:
+            from lede_env.distributed import PromptPool
 
-        jobs = [(ps, spec, indices[ps.name], references[ps.name].oracle_return) for ps, spec, *_ in plan]
-        pool = PromptPool(functools.partial(_EvaluationWorker, jobs, base_kwargs), workers=workers, address=ray,
-                          threads=None)
-        try:
-            with tqdm(total=len(jobs), disable=not progress, unit="agent x set", dynamic_ncols=True,
-                      desc=f"evaluating on {workers} Ray workers") as bar:
-                done = pool.map("run", range(len(jobs)), lambda n, row: bar.update(1))
-        finally:
-            pool.close()
-        rows = [done[n] for n in range(len(jobs))]
-    for env in made:
-        env.close()
+            jobs = [(ps, spec, indices[ps.name], references[ps.name].oracle_return) for ps, spec, *_ in plan]
+            pool = PromptPool(functools.partial(_EvaluationWorker, jobs, base_kwargs), workers=workers, address=ray,
+                              threads=None)
+            try:
+                with tqdm(total=len(jobs), disable=not progress, unit="agent x set", dynamic_ncols=True,
+                          desc=f"evaluating on {workers} Ray workers") as bar:
+                    done = pool.map("run", range(len(jobs)), lambda n, row: bar.update(1))
+            finally:
+                pool.close()
+            rows = [done[n] for n in range(len(jobs))]
+    finally:
+        for env in made:
+            env.close()
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lede_version": lede_env.__version__,
             "agents": [asdict(s) for s in specs], "prompt_sets": [asdict(s) for s in sets], "limit": limit,
             "env_kwargs": base_kwargs, "speedup": SPEEDUP_DEFINITION, "share": SHARE_DEFINITION,

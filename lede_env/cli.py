@@ -33,6 +33,8 @@ class LedeGroup(TyperGroup):
     def parse_args(self, ctx, args):
         args = list(args)
         for i, a in enumerate(args):
+            if a == "--":
+                break
             if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
                 args.insert(i + 1, "local")
                 break
@@ -305,7 +307,8 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
     """Record replay traces: each prompt's greedy continuation with every exit layer's prediction.
 
     Resumable: stopped part-way, the finished prompts are kept in <out>.partial/ and the same command resumes.
-    With --ray the file is the same, byte for byte; a worker that dies is restarted and its prompt recorded again."""
+    With --ray the file is the same, byte for byte, as without it at --threads equal to --worker-threads; a worker
+    that dies is restarted and its prompt recorded again."""
     from lede_env.record import prepare_recording
 
     exits, probes = _layers(exit_layers, "--exit-layers"), _layers(probe_layers, "--probe-layers")

@@ -1,12 +1,18 @@
-"""Work split by prompt over Ray (`lede trace --ray [ADDRESS]`): one worker actor per model copy, loaded once, each
-handed one prompt at a time; the driver merges the results by prompt index into the same artefact the
-single-process path writes.
+"""Work split over Ray (`lede trace --ray [ADDRESS]`, `lede evaluate --ray`): one worker actor per model copy, built
+once, each handed one item (a prompt, or one agent on one prompt set) at a time; the driver merges the results by
+item into the same artefact the single-process path writes.
 
-Ray gives the cluster, the actors and the retries; what is written here is only the split by prompt and the merge,
-which no library does for these artefacts. Fault tolerance: the actors are created with ``max_restarts=-1`` and
-``max_task_retries=-1``, so a worker process that dies mid-task is restarted (the model loaded again) and its task
-run again; the driver keys every result by its prompt index and accepts each index once, so no prompt is lost or
-duplicated. Ray is an optional extra (``pip install '.[ray]'``); this module imports it only when it is used.
+Ray gives the cluster, the actors and the retries; what is written here is only the split and the merge, which no
+library does for these artefacts. Fault tolerance: the actors are created with ``max_restarts`` and
+``max_task_retries`` of `RETRIES`, so a worker process that dies mid-task (killed, out of memory) is restarted, its
+object rebuilt (the model loaded again) and its task run again; the driver keys every result by its item and
+accepts each once, so none is lost or duplicated. A task that kills its worker every time stops the run after
+`RETRIES` attempts with an error, instead of looping. A worker whose object cannot be built (exit heads missing a
+layer, say), or whose task raises, raises that error in the driver.
+
+On several machines every node must see the same paths (model directory, exit heads, traces, profiles): a shared
+filesystem, or the same install everywhere. Ray is an optional extra (``pip install '.[ray]'``); this module imports
+it only when it is used.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 LOCAL = "local"      # `--ray` without an address: start a one-machine cluster
+RETRIES = 3          # restarts of a worker, and attempts of a task whose worker died
 
 
 def require_ray():
@@ -27,17 +34,18 @@ def require_ray():
     return ray
 
 
-def init_ray(address: str = LOCAL, num_cpus: int | None = None):
-    """Connect to the cluster at ``address`` (``"local"``: start a one-machine cluster with ``num_cpus`` CPUs) unless
-    this process is connected already. Returns the ``ray`` module."""
+def init_ray(address: str = LOCAL, num_cpus: int | None = None) -> bool:
+    """Connect to the cluster at ``address`` (``"local"``: start a new one-machine cluster with ``num_cpus`` CPUs,
+    never joining one that runs already) unless this process is connected. Returns whether it connected now."""
     ray = require_ray()
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address == LOCAL:
-            ray.init(num_cpus=num_cpus, **kw)
-        else:
-            ray.init(address=address, **kw)
-    return ray
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address == LOCAL:
+        ray.init(address="local", num_cpus=num_cpus, **kw)
+    else:
+        ray.init(address=address, **kw)
+    return True
 
 
 class _Worker:
@@ -59,25 +67,45 @@ class _Worker:
 
 class PromptPool:
     """``workers`` Ray actors, each holding ``factory()`` (a model and what works on it, built once per worker), with
-    ``threads`` torch threads (None: torch is left alone) and as many Ray CPUs (one when ``threads`` is None)."""
+    ``threads`` torch threads (None: torch is left alone) and as many Ray CPUs (one when ``threads`` is None).
+    Refuses a cluster with fewer CPUs than that (the actors that do not fit would never start). `close` kills the
+    actors and shuts Ray down if the pool started it."""
 
     def __init__(self, factory: Callable[[], Any], workers: int = 2, address: str = LOCAL, threads: int | None = 1):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}.")
         cpus = threads or 1
-        ray = init_ray(address, num_cpus=workers * cpus if address == LOCAL else None)
-        self._ray = ray
-        actor = ray.remote(num_cpus=cpus, max_restarts=-1,
-                           max_task_retries=-1)(_Worker)
-        self.actors = [actor.remote(factory, threads) for _ in range(workers)]
+        self._started = init_ray(address, num_cpus=workers * cpus if address == LOCAL else None)
+        ray = self._ray = require_ray()
+        have = ray.cluster_resources().get("CPU", 0)
+        if have < workers * cpus:
+            self.close()
+            raise ValueError(f"The Ray cluster has {have:g} CPUs; {workers} workers x {cpus} CPUs need "
+                             f"{workers * cpus}: use fewer --workers or --worker-threads, or a bigger cluster.")
+        self._factory = ray.put(factory)         # kept alive here: restarted workers rebuild from it
+        actor = ray.remote(num_cpus=cpus, max_restarts=RETRIES, max_task_retries=RETRIES)(_Worker)
+        self.actors = [actor.remote(self._factory, threads) for _ in range(workers)]
+
+    def _get(self, ref):
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:      # the task raised: the same error here
+            raise e.cause if isinstance(e.cause, Exception) else e from None
+        except ray.exceptions.ActorDiedError as e:
+            msg = (getattr(e, "error_msg", "") or str(e)).strip().splitlines()
+            if getattr(e, "_actor_init_failed", False):
+                raise ValueError(f"A Ray worker could not start: {msg[-1] if msg else e}") from None
+            raise RuntimeError(f"A Ray worker died {RETRIES + 1} times on the same task; the last time: "
+                               f"{msg[-1] if msg else e}") from None
 
     def call_one(self, method: str, *args):
         """``method(*args)`` on the first worker (what the driver needs to know of the model: its description)."""
-        return self._ray.get(self.actors[0].call.remote(method, *args))
+        return self._get(self.actors[0].call.remote(method, *args))
 
     def pids(self) -> list[int]:
         """The workers' process ids (the test kills one)."""
-        return self._ray.get([a.pid.remote() for a in self.actors])
+        return [self._get(a.pid.remote()) for a in self.actors]
 
     def map(self, method: str, items: Iterable[int], on_result: Callable[[int, Any], None],
             on_submit: Callable[[int, int], None] | None = None) -> dict[int, Any]:
@@ -101,7 +129,7 @@ class PromptPool:
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
             i, actor = running.pop(ref)
-            value = ray.get(ref)
+            value = self._get(ref)
             if i not in results:
                 results[i] = value
                 on_result(i, value)
@@ -109,6 +137,9 @@ class PromptPool:
         return results
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in getattr(self, "actors", []):
             self._ray.kill(a)
         self.actors = []
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started = False

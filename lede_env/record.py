@@ -229,35 +229,42 @@ class Recording:
     def folder(self) -> Path:
         return partial_dir(self.out)
 
+    def _fingerprint(self, heads_label: str) -> dict:
+        """What identifies the model's files, the exit heads' files and the code, computed here in the driver (with
+        Ray too: every worker reads the same paths)."""
+        from lede_env.defaults import heads_sha256
+
+        a = self.args
+        return {"model": model_fingerprint(a["model"]), "heads_label": heads_label,
+                "heads_sha256": heads_sha256(a["heads"], a["model"]), "lede_version": _lede_version()}
+
     def run(self, progress: bool = True, ray: str | None = None, workers: int = 2,
             threads: int | None = None) -> tuple[TraceSet, Path]:
         """Load the model, record the prompts not finished yet and write the trace file. Returns
         ``(TraceSet, path)``. ``ray``: a Ray address, or ``"local"`` for a one-machine cluster, to record the prompts
         on ``workers`` Ray workers (`lede_env.distributed`) with ``threads`` torch threads each (default 1); the trace
-        file is the same, byte for byte."""
+        file is the same, byte for byte, as a single process with as many threads writes (another thread count moves
+        the recorded entropies by about 1e-6)."""
         from tqdm import tqdm
 
         factory = functools.partial(_TraceWorker, self.args, self.exit_layers, self.probe_layers,
                                     [p.text for p in self.prompts])
-        pool = None
         if ray is None:
             worker = factory()
-            desc = worker.describe()
-        else:
-            from lede_env.distributed import PromptPool
+            return self._record(worker.describe(), worker.record, None, progress, tqdm)
+        from lede_env.distributed import PromptPool
 
-            pool = PromptPool(factory, workers=workers, address=ray, threads=threads or 1)
-            desc = pool.call_one("describe")
+        pool = PromptPool(factory, workers=workers, address=ray, threads=threads or 1)
         try:
-            return self._record(desc, worker.record if pool is None else None, pool, progress, tqdm)
+            return self._record(pool.call_one("describe"), None, pool, progress, tqdm)
         finally:
-            if pool is not None:
-                pool.close()
+            pool.close()
 
     def _record(self, desc: dict, record, pool, progress: bool, tqdm) -> tuple[TraceSet, Path]:
         a, out_path, folder, plist = self.args, self.out, self.folder, self.prompts
         exit_layers, probe_layers, ids = desc["exit_layers"], desc["probe_layers"], desc["ids"]
-        max_new_tokens, fingerprint = a["max_new_tokens"], desc["fingerprint"]
+        max_new_tokens = a["max_new_tokens"]
+        fingerprint = self._fingerprint(desc["heads_label"])
         done = dict(self.done)
         if done and self.stored_fingerprint != fingerprint:
             raise _refuse(folder, f"made with another model, other exit heads or another lede_env version "
@@ -342,14 +349,10 @@ class _TraceWorker:
         self.args, self.setup, self.ids = a, setup, setup.encode(texts)
 
     def describe(self) -> dict:
-        """What the driver needs of the model: the layers, the encoded prompts, the fingerprint and the metadata."""
-        from lede_env.defaults import heads_sha256
-
-        a, setup = self.args, self.setup
-        fingerprint = {"model": model_fingerprint(a["model"]), "heads_label": setup.heads_label,
-                       "heads_sha256": heads_sha256(a["heads"], a["model"]), "lede_version": _lede_version()}
+        """What the driver needs of the model: the layers, the encoded prompts and the metadata."""
+        setup = self.setup
         return {"exit_layers": self.exit_layers, "probe_layers": self.probe_layers, "ids": self.ids,
-                "fingerprint": fingerprint, "heads_label": setup.heads_label,
+                "heads_label": setup.heads_label,
                 "vocab_size": setup.model.config.vocab_size, "num_layers": setup.model.config.num_hidden_layers,
                 "max_context": setup.decoder.max_context}
 

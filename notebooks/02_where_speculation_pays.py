@@ -23,7 +23,7 @@
 # `assistant_early_exit` draft with). Then: agreement by token kind, and the agreement each exit needs to pay for
 # itself under the latency profile.
 #
-# About three minutes on a 2-core CPU (most of it recording the identity-head traces); `LEDE_NOTEBOOK_QUICK=1`
+# About a minute on a 2-core CPU (most of it recording the identity-head traces); `LEDE_NOTEBOOK_QUICK=1`
 # records fewer and shorter ones.
 
 # %%
@@ -98,14 +98,16 @@ heatmap(ax2, t_identity.first_agree[:shown], pieces, "plain early exit (identity
 display(Image(to_png(fig)))
 
 # %%
-def agreement(traces):
-    return np.concatenate([t.first_agree for t in traces if t.length > 1]).mean(axis=0)
+def agreement(traces, positions=None):
+    """Mean first-draft agreement per exit over the traces (their first ``positions`` rows only, if given)."""
+    return np.concatenate([t.first_agree[:positions] for t in traces if t.length > 1]).mean(axis=0)
 
 
 rows = {"eagle heads, mixed:test": agreement(eagle["mixed:test"].traces),
         "eagle heads, humaneval:test": agreement(eagle["humaneval:test"].traces),
-        "eagle heads, same prompts as identity": agreement(
-            [eagle["mixed:test"].traces[i] for i in range(len(identity))]),
+        "eagle heads, same prompts and positions as identity": np.concatenate(
+            [eagle["mixed:test"].traces[i].first_agree[: t.length - 1] for i, t in enumerate(identity.traces)]
+        ).mean(axis=0),
         "identity heads, mixed:test (recorded here)": agreement(identity.traces)}
 fig = new_figure(7, 3.6)
 ax = fig.add_subplot()
@@ -116,7 +118,7 @@ ax.set_ylabel("first-draft agreement")
 ax.legend(fontsize=7)
 display(Image(to_png(fig)))
 for name, a in rows.items():
-    print(f"{name:45s} L1 {a[0]:.2f}  L4 {a[layers.index(4)]:.2f}  L16 {a[layers.index(16)]:.2f}  "
+    print(f"{name:52s} L1 {a[0]:.2f}  L4 {a[layers.index(4)]:.2f}  L16 {a[layers.index(16)]:.2f}  "
           f"L28 {a[-1]:.2f}")
 
 # %% [markdown]

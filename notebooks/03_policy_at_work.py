@@ -19,7 +19,7 @@
 # What the shipped LEDE agent (offline CQL, factored head: exit layer first, then the length at that layer)
 # chooses along a generation, against the hindsight oracle's choices; how the agents' returns and speedups are
 # distributed over the test prompts; and what its Q-network responds to. Everything runs on the replay backend
-# (shipped test traces, latency profile), without the model: under a minute. `LEDE_NOTEBOOK_QUICK=1` uses fewer
+# (shipped test traces, latency profile), without the model: about ten seconds. `LEDE_NOTEBOOK_QUICK=1` uses fewer
 # prompts.
 
 # %%

@@ -16,10 +16,12 @@
 # %% [markdown]
 # # Results: the bench, the theory, the profile against the clock
 #
-# Reads a `lede bench` results folder: `LEDE_BENCH_RESULTS` if set, else `results/bench` or `results/demo` (what
-# `make demo` writes). If there is none it runs a small bench itself and writes it there (`LEDE_BENCH_RESULTS`, or
-# `results/notebooks/bench`): about 2.5 minutes on a 2-core CPU, 40 s with `LEDE_NOTEBOOK_QUICK=1`. Then each of our methods' measured speedup against the textbook one for its measured
-# acceptance, and the latency profile's modelled speedup against the clock.
+# Reads a `lede bench` results folder: `LEDE_BENCH_RESULTS` if set, else the newest `results/bench*` (`lede bench`
+# writes `results/bench-<time>` by default), `results/demo` (what `make demo` writes) or the one this notebook made
+# before. If there is none it runs a small bench itself and writes it there (`LEDE_BENCH_RESULTS`, or
+# `results/notebooks/bench`): about 2.5 minutes on a 2-core CPU, 40 s with `LEDE_NOTEBOOK_QUICK=1`. Then each of
+# our methods' measured speedup against the textbook one for its measured acceptance, and the latency profile's
+# modelled speedup against the clock.
 
 # %%
 import json
@@ -37,7 +39,8 @@ from lede_env.plotting import new_figure, to_png
 QUICK = os.environ.get("LEDE_NOTEBOOK_QUICK") == "1"
 ARTEFACTS = Path(os.environ.get("LEDE_NOTEBOOK_ARTEFACTS", "../results/notebooks"))
 chosen = os.environ.get("LEDE_BENCH_RESULTS")
-candidates = [Path(chosen)] if chosen else [Path("../results/bench"), Path("../results/demo")]
+newest = sorted(Path("../results").glob("bench*"), key=lambda p: p.stat().st_mtime, reverse=True)
+candidates = [Path(chosen)] if chosen else [*newest, Path("../results/demo"), ARTEFACTS / "bench"]
 folder = next((p for p in candidates if (p / "results.json").is_file()), None)
 if folder is None:
     from lede_env.bench import BenchConfig, run_bench
@@ -87,11 +90,14 @@ def theory(a: float, k: float, L: int) -> float:
     return tokens / (k * c + v)
 
 
-points = []
+points, no_acceptance = [], []
 print(f"{'prompt set':15s} {'method':14s} {'a':>5s} {'k':>5s} {'L':>4s} {'theory':>7s} {'profile':>8s} {'clock':>7s}")
 for s in doc["sets"]:
     for r in s["rows"]:
-        if r["family"] != "agent" or not r.get("acceptance") or not r["mean_k"]:
+        if r["family"] != "agent" or not r["mean_k"]:
+            continue
+        if r.get("acceptance") is None:          # results written before lede bench reported it
+            no_acceptance.append(r["method"])
             continue
         L = min(profile.draft_cost, key=lambda e: abs(e - r["mean_exit"]))
         t = theory(r["acceptance"], r["mean_k"], L)
@@ -99,6 +105,8 @@ for s in doc["sets"]:
         print(f"{s['prompt_set']:15s} {r['method']:14s} {r['acceptance']:5.2f} {r['mean_k']:5.2f} {L:4d} "
               f"{t:6.3f}x {r['modelled']:7.3f}x {r['speedup']:6.3f}x")
 
+if no_acceptance:
+    print(f"no measured acceptance in these results for {sorted(set(no_acceptance))}: rerun lede bench")
 fig = new_figure(6, 4.2)
 ax = fig.add_subplot()
 for ps, method, t, modelled, clock in points:
@@ -133,8 +141,11 @@ ax.set_xlabel("modelled speedup (latency profile)")
 ax.set_ylabel("measured speedup (clock)")
 ax.legend(fontsize=6)
 display(Image(to_png(fig)))
-print(f"clock / profile over {len(ratios)} agent-prompt pairs: median {np.median(ratios):.3f}, "
-      f"range {min(ratios):.3f}-{max(ratios):.3f}")
+if ratios:
+    print(f"clock / profile over {len(ratios)} agent-prompt pairs: median {np.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}-{max(ratios):.3f}")
+else:
+    print("no agent rows with a modelled speedup in these results")
 
 # %% [markdown]
 # A ratio near 1 means the profile, measured once by `lede profile`, predicts what the clock shows when the agents

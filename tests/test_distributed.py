@@ -101,3 +101,39 @@ def test_evaluate_over_ray_gives_the_single_process_rows(cluster):
         a, b = asdict(a), asdict(b)
         a.pop("predict_us"), b.pop("predict_us")
         assert a == b
+
+
+def test_pool_errors_come_back_as_themselves(cluster):
+    with pytest.raises(ValueError, match="could not start: ValueError: invalid literal"):
+        PromptPool(functools.partial(int, "not a number"), workers=1).call_one("bit_length")
+    pool = PromptPool(functools.partial(dict, a=1), workers=1, threads=None)
+    try:
+        with pytest.raises(KeyError):
+            pool.map("pop", [5], lambda i, v: None)          # the task's own error, not Ray's wrapper
+    finally:
+        pool.close()
+    with pytest.raises(ValueError, match="has 2 CPUs; 3 workers x 1 CPUs need 3"):
+        PromptPool(functools.partial(dict), workers=3)          # would wait forever for a worker that never starts
+
+
+def test_an_interrupted_recording_resumes_over_ray(cluster, tmp_path, prompts, monkeypatch):
+    import lede_env.record as record
+
+    _, single = record_traces_for(prompts=prompts, out=tmp_path / "single.npz", progress=False, **KW)
+    real, calls = record.record_trace, []
+
+    def stop_after_two(*a, **k):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(record, "record_trace", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_recording(prompts=prompts, out=tmp_path / "ray.npz", **KW).run(progress=False)
+    assert len(list((tmp_path / "ray.npz.partial").glob("trace-*.npz"))) == 2
+    monkeypatch.setattr(record, "record_trace", real)
+    rec = prepare_recording(prompts=prompts, out=tmp_path / "ray.npz", **KW)
+    assert sorted(rec.done) == [0, 1]
+    rec.run(progress=False, ray="local", workers=2)
+    assert (tmp_path / "ray.npz").read_bytes() == single.read_bytes()
