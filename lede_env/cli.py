@@ -167,8 +167,15 @@ def _check_device(device: str) -> None:
         check_device(device)
 
 
-def _check_ray() -> None:
-    """A usage error for --ray when Ray is not installed."""
+def _check_ray(ray: str | None, **ray_options) -> None:
+    """Usage errors: --ray when Ray is not installed; a Ray option (--workers, ...) without --ray."""
+    if ray is None:
+        given = [name for name, value in ray_options.items() if value is not None]
+        if given:
+            hint = "/".join("--" + n.replace("_", "-") for n in given)
+            with _param(hint):
+                raise ValueError(f"{hint} only applies with --ray: add --ray (a one-machine cluster) or --ray ADDRESS.")
+        return
     from lede_env.distributed import require_ray
 
     with _param("--ray"):
@@ -302,8 +309,10 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
           ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                             help="Record on Ray workers, split by prompt: --ray alone starts a "
                                                  "one-machine cluster, --ray ADDRESS joins one (pip install '.[ray]')."),
-          workers: int = typer.Option(2, min=1, help="Ray workers (one model each), with --ray."),
-          worker_threads: int = typer.Option(1, min=1, help="Torch threads per Ray worker, with --ray.")) -> None:
+          workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (one model each), with --ray "
+                                                                   "(default 2)."),
+          worker_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per Ray worker, with --ray "
+                                                                         "(default 1).")) -> None:
     """Record replay traces: each prompt's greedy continuation with every exit layer's prediction.
 
     Resumable: stopped part-way, the finished prompts are kept in <out>.partial/ and the same command resumes.
@@ -320,10 +329,9 @@ def trace(model: str = typer.Option("smollm2-135m"), prompts: str = typer.Option
     _check_dtype(dtype)
     _check_device(device)
 
-    if ray is not None:
-        _check_ray()
+    _check_ray(ray, workers=workers, worker_threads=worker_threads)
     _setup(threads)
-    ts, path = recording.run(ray=ray, workers=workers, threads=worker_threads)
+    ts, path = recording.run(ray=ray, workers=workers or 2, threads=worker_threads or 1)
     n = sum(t.length for t in ts.traces)
     typer.echo(f"recorded {len(ts)} traces, {n} tokens -> {path}")
 
@@ -367,7 +375,8 @@ def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names,
              ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                                help="Run on Ray workers, one agent on one prompt set per task: --ray "
                                                     "alone starts a one-machine cluster, --ray ADDRESS joins one."),
-             workers: int = typer.Option(2, min=1, help="Ray workers, with --ray.")) -> None:
+             workers: Optional[int] = typer.Option(None, min=1, help="Ray workers, with --ray (default 2).")
+             ) -> None:
     """Score agents on the replay backend (profiled costs): return, speedup, share of the oracle's gain, tokens per
     step, mean L and k, policy time; a table per prompt set, JSON, CSV and plots in --out."""
     from agents.evaluation import default_out_folder, evaluate as run_evaluation, resolve_agents, resolve_prompt_sets
@@ -386,11 +395,10 @@ def evaluate(agents: str = typer.Option("all", help="Comma-separated: zoo names,
 
     from rich.console import Console
 
-    if ray is not None:
-        _check_ray()
+    _check_ray(ray, workers=workers)
     result = run_evaluation(agents, prompts, traces=traces, train_traces=train_traces, limit=limit,
                             progress=progress, env_kwargs={"profile": profile} if profile else None,
-                            ray=ray, workers=workers)
+                            ray=ray, workers=workers or 2)
     console = Console(highlight=False, width=max(120, Console().width))
     for table in result.tables():
         console.print(table)

@@ -474,3 +474,10 @@ def test_device_is_checked_before_the_model_loads(no_model):
     for command in (["profile"], ["bench"]):
         res = run(*command, "--device", ask)
         assert res.exit_code == 2 and "--device" in flat(res) and "Traceback" not in res.output, res.output
+
+
+def test_ray_options_without_ray_are_refused(tmp_path, prompts, no_model):
+    res = run("trace", "--prompts", prompts, *TINY, "--out", tmp_path / "a.npz", "--workers", "3")
+    assert res.exit_code == 2 and "only applies with --ray" in flat(res), res.output
+    res = run("evaluate", "--agents", "random", "--workers", "2")
+    assert res.exit_code == 2 and "only applies with --ray" in flat(res), res.output
