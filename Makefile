@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A short `lede bench` (2m15 after the install on the Intel Xeon): 2 held-out prompts of each set, 64 tokens, one timed
+# A short `lede bench` (2m15-2m27 after the install on the Intel Xeon): 2 held-out prompts of each set, 64 tokens, one timed
 # round. Hugging Face's exit and draft length are fixed at L4 n=1, what the full bench's search (on training prompts)
 # chose on both sets; searching them here would take 90 s more.
 demo: $(STAMP)
