@@ -65,6 +65,27 @@ class _Worker:
         return os.getpid()
 
 
+class InProcess:
+    """`PromptPool`'s interface over one object built here, in this process: the single-process path of the same
+    code."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.obj = factory()
+
+    def call_one(self, method: str, *args):
+        return getattr(self.obj, method)(*args)
+
+    def map(self, method: str, items: Iterable[int], on_result: Callable[[int, Any], None]) -> dict[int, Any]:
+        results: dict[int, Any] = {}
+        for i in dict.fromkeys(items):
+            results[i] = value = getattr(self.obj, method)(i)
+            on_result(i, value)
+        return results
+
+    def close(self) -> None:
+        pass
+
+
 class PromptPool:
     """``workers`` Ray actors, each holding ``factory()`` (a model and what works on it, built once per worker), with
     ``threads`` torch threads (None: torch is left alone) and as many Ray CPUs (one when ``threads`` is None).

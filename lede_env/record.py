@@ -245,22 +245,22 @@ class Recording:
         on ``workers`` Ray workers (`lede_env.distributed`) with ``threads`` torch threads each (default 1); the trace
         file is the same, byte for byte, as a single process with as many threads writes (another thread count moves
         the recorded entropies by about 1e-6)."""
-        from tqdm import tqdm
+        from lede_env.distributed import InProcess, PromptPool
 
         factory = functools.partial(_TraceWorker, self.args, self.exit_layers, self.probe_layers,
                                     [p.text for p in self.prompts])
-        if ray is None:
-            worker = factory()
-            return self._record(worker.describe(), worker.record, None, progress, tqdm)
-        from lede_env.distributed import PromptPool
-
-        pool = PromptPool(factory, workers=workers, address=ray, threads=threads or 1)
+        pool = InProcess(factory) if ray is None else PromptPool(factory, workers=workers, address=ray,
+                                                                 threads=threads or 1)
         try:
-            return self._record(pool.call_one("describe"), None, pool, progress, tqdm)
+            return self._record(pool, progress)
         finally:
             pool.close()
 
-    def _record(self, desc: dict, record, pool, progress: bool, tqdm) -> tuple[TraceSet, Path]:
+    def _record(self, pool, progress: bool) -> tuple[TraceSet, Path]:
+        """Record on ``pool`` (a `lede_env.distributed` pool of `_TraceWorker`) the prompts not finished yet."""
+        from tqdm import tqdm
+
+        desc = pool.call_one("describe")
         a, out_path, folder, plist = self.args, self.out, self.folder, self.prompts
         exit_layers, probe_layers, ids = desc["exit_layers"], desc["probe_layers"], desc["ids"]
         max_new_tokens = a["max_new_tokens"]
@@ -303,11 +303,7 @@ class Recording:
 
         todo = [i for i in range(len(ids)) if i not in traces]
         try:
-            if pool is None:
-                for i in todo:
-                    finished(i, record(i))
-            else:
-                pool.map("record", todo, finished)
+            pool.map("record", todo, finished)
         except BaseException as e:
             bar.close()
             what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed ({type(e).__name__})"

@@ -20,6 +20,15 @@ KW = dict(model="tiny-random", max_new_tokens=48, heads="identity", exit_layers=
           chat_template=False)
 
 
+def test_a_pool_that_started_ray_shuts_it_down():
+    """First in the module, before the shared cluster: a pool that starts Ray leaves no cluster behind."""
+    assert not ray.is_initialized()
+    pool = PromptPool(functools.partial(dict, a=1), workers=1, threads=None)
+    assert ray.is_initialized() and pool.call_one("get", "a") == 1
+    pool.close()
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     init_ray("local", num_cpus=2)
@@ -135,5 +144,14 @@ def test_an_interrupted_recording_resumes_over_ray(cluster, tmp_path, prompts, m
     monkeypatch.setattr(record, "record_trace", real)
     rec = prepare_recording(prompts=prompts, out=tmp_path / "ray.npz", **KW)
     assert sorted(rec.done) == [0, 1]
+    asked, original = [], PromptPool.map
+
+    def spy(self, method, items, *a, **k):
+        items = list(items)
+        asked.extend(items)
+        return original(self, method, items, *a, **k)
+
+    monkeypatch.setattr(PromptPool, "map", spy)
     rec.run(progress=False, ray="local", workers=2)
+    assert asked == [2, 3, 4, 5]                                  # only the prompts not finished before
     assert (tmp_path / "ray.npz").read_bytes() == single.read_bytes()
