@@ -53,6 +53,13 @@ class AgentFileError(ValueError):
     """A folder `load` cannot read as a saved agent, or one saved for another environment."""
 
 
+def child_seed(seed: int | np.random.SeedSequence | None) -> int:
+    """The integer seed of a generator drawn from ``seed`` (a seed, or a `numpy.random.SeedSequence` spawned from
+    one): how every seeded agent of a behaviour spec gets its generator."""
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return int(ss.generate_state(1)[0])
+
+
 def register(cls: type["Agent"]) -> type["Agent"]:
     """Class decorator: make ``cls`` loadable by its ``kind``."""
     if cls.kind in KINDS and KINDS[cls.kind] is not cls:
@@ -229,6 +236,16 @@ class Agent:
 
     def observe(self, info: dict) -> None:
         """Called after each ``env.step`` with its info. Default: nothing."""
+
+    def restart(self, seed: int | np.random.SeedSequence | None = None) -> None:
+        """Forget what carries over from one episode to the next (statistics, counters: ``clear()`` where the agent
+        has one) and reseed any generator from ``seed``: the agent then acts as the one
+        `agents.baselines.make_behaviour` builds from its config with that seed. A dataset recipe with
+        ``behaviour_seeding = "episode"`` calls it before every episode, which makes each episode depend only on its
+        own seeds (so episodes can be collected apart, on Ray workers). Default: ``clear()`` if defined."""
+        clear = getattr(self, "clear", None)
+        if callable(clear):
+            clear()
 
     # ------------------------------------------------------------------ description and storage
     def arguments(self) -> dict:

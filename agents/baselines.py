@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.base import Agent, action_lists, agent_class, env_spec, register
+from agents.base import Agent, action_lists, agent_class, child_seed, env_spec, register
 from agents.oracle import OracleAgent
 
 __all__ = ["RandomAgent", "AutoregressiveAgent", "StaticAgent", "BestStaticAgent", "MixtureAgent",
@@ -57,6 +57,9 @@ class RandomAgent(Agent):
 
     def _act(self, observation, deterministic):
         return np.array([self.rng.integers(n) for n in self.lists.nvec], dtype=np.int64)
+
+    def restart(self, seed=None) -> None:
+        self.rng = np.random.default_rng(child_seed(seed))
 
     def arguments(self) -> dict:
         return {"seed": self.seed}
@@ -191,6 +194,15 @@ class MixtureAgent(Agent):
     def _pick(self) -> None:
         self.component = int(self.rng.choice(len(self.components), p=self.weights))
 
+    def restart(self, seed=None) -> None:
+        """Restart every component and reseed the pick, with the seeds `make_behaviour` gives them."""
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        children = ss.spawn(len(self.components) + 1)
+        for agent, child in zip(self.components, children):
+            agent.restart(child)
+        self.rng = np.random.default_rng(child_seed(children[-1]))
+        self.component, self._fresh = None, False
+
     def reset(self, info: dict) -> None:
         self._pick()
         self._fresh = True
@@ -277,26 +289,22 @@ def make_behaviour(spec: dict, env, seed: int | None = None) -> Agent:
     return _build(spec, env, np.random.SeedSequence(seed))
 
 
-def _child(ss: np.random.SeedSequence) -> int:
-    return int(ss.generate_state(1)[0])
-
-
 def _build(spec: dict, env, ss: np.random.SeedSequence) -> Agent:
     kind = spec["kind"]
     if kind == "random":
-        return RandomAgent(env, seed=_child(ss))
+        return RandomAgent(env, seed=child_seed(ss))
     if kind == "autoregressive":
         return AutoregressiveAgent(env)
     if kind == "static":
         return StaticAgent(env, spec["exit_layer"], spec["k"])
     if kind == "oracle":
-        return OracleAgent(env, spec["epsilon"], seed=_child(ss))
+        return OracleAgent(env, spec["epsilon"], seed=child_seed(ss))
     if kind == "zoo":
         return _zoo_behaviour(spec["name"], env)
     comps = spec["components"]
     children = ss.spawn(len(comps) + 1)
     agents = [_build({k: v for k, v in c.items() if k != "weight"}, env, s) for c, s in zip(comps, children)]
-    return MixtureAgent(agents, [c["weight"] for c in comps], seed=_child(children[-1]))
+    return MixtureAgent(agents, [c["weight"] for c in comps], seed=child_seed(children[-1]))
 
 
 def _zoo_behaviour(name: str, env) -> Agent:

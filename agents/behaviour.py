@@ -41,19 +41,23 @@ def make_recipe_behaviour(recipe: Recipe, env: gym.Env) -> Agent:
     return make_behaviour(recipe.behaviour, env, seed=recipe.behaviour_seed)
 
 
-def collect_recipe(recipe: Recipe, overwrite: bool = False, progress: bool = True, agent=None):
+def collect_recipe(recipe: Recipe, overwrite: bool = False, progress: bool = True, agent=None,
+                   ray: str | None = None, workers: int = 2, threads: int | None = None):
     """Collect the recipe's dataset (`lede_env.datasets.collect`) with its behaviour agent and return it.
 
     ``agent``: act with this policy instead (the recipe's behaviour still names the dataset unless its ``name``
     or ``dataset_id`` do); the result is then only as reproducible as that agent. ``overwrite`` and
     ``progress`` as in `lede_env.datasets.collect`, which checks the dataset id before it makes the environment
     when it can (a live backend's, or an explicit ``dataset_id``) and before it builds the behaviour agent.
+    ``ray``, ``workers``, ``threads``: collect on Ray workers (`lede_env.datasets.collect`; the recipe needs
+    ``behaviour_seeding = "episode"``), each building the environment and the behaviour once.
     """
     recipe = check_recipe(recipe)
     _check_before_env(recipe)
     if agent is None:
         agent = lambda env: make_recipe_behaviour(recipe, env)   # noqa: E731  (built once the id is checked)
-    return collect(recipe, agent, name=behaviour_name(recipe.behaviour), overwrite=overwrite, progress=progress)
+    return collect(recipe, agent, name=behaviour_name(recipe.behaviour), overwrite=overwrite, progress=progress,
+                   ray=ray, workers=workers, threads=threads)
 
 
 def _kinds(spec: dict) -> set[str]:

@@ -132,6 +132,9 @@ class HFHeuristicAgent(Agent):
         if self.schedule == "heuristic_transient":
             self.num_assistant_tokens = self.initial_tokens
 
+    def restart(self, seed=None) -> None:
+        self.num_assistant_tokens = self.initial_tokens
+
     def observe(self, info: dict) -> None:
         if int(info["accepted"]) == int(info["drafted"]):
             self.num_assistant_tokens += HEURISTIC_UP

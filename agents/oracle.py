@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from agents.base import Agent, register
+from agents.base import Agent, child_seed, register
 
 
 def replay_traces(env):
@@ -82,6 +82,9 @@ class OracleAgent(Agent):
             self._policies[prompt_index] = policy_table(self.traces[prompt_index], self.spec.cost_table,
                                                         self.lists.spec_lengths, self.lists.stop_rules)
         return self._policies[prompt_index]
+
+    def restart(self, seed=None) -> None:
+        self.rng = np.random.default_rng(child_seed(seed))
 
     def reset(self, info: dict) -> None:
         self.policy = self.policy_of(int(info["prompt_index"]))

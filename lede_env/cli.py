@@ -488,13 +488,25 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
 
 @app.command()
 def collect(recipe: str = typer.Option(..., help="Recipe TOML (datasets/*.toml)."),
-            overwrite: bool = typer.Option(False, help="Replace an existing dataset with the same id.")) -> None:
-    """Collect a Minari dataset of LEDE-v0 from a recipe (see datasets/README.md)."""
+            overwrite: bool = typer.Option(False, help="Replace an existing dataset with the same id."),
+            ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                              help="Collect on Ray workers, split by episode (the recipe needs "
+                                                   "behaviour_seeding = \"episode\"): --ray alone starts a "
+                                                   "one-machine cluster, --ray ADDRESS joins one."),
+            workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (one environment each), with --ray "
+                                                                    "(default 2)."),
+            worker_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per Ray worker, with --ray "
+                                                                           "(default 1 for a live backend; a replay "
+                                                                           "one leaves torch alone).")) -> None:
+    """Collect a Minari dataset of LEDE-v0 from a recipe (see datasets/README.md). With --ray the dataset's data are
+    the same as without it."""
     from agents.behaviour import collect_recipe, load_recipe
 
+    _check_ray(ray, workers=workers, worker_threads=worker_threads)
     with _param("--recipe"):
         parsed = load_recipe(recipe)
-    collect_recipe(parsed, overwrite=overwrite)
+    threads = worker_threads or (1 if parsed.env_config.backend == "live" else None)
+    collect_recipe(parsed, overwrite=overwrite, ray=ray, workers=workers or 2, threads=threads)
 
 
 @app.command()

@@ -1,6 +1,6 @@
-"""Work split over Ray (`lede trace --ray [ADDRESS]`, `lede evaluate --ray`): one worker actor per model copy, built
-once, each handed one item (a prompt, or one agent on one prompt set) at a time; the driver merges the results by
-item into the same artefact the single-process path writes.
+"""Work split over Ray (`lede trace/collect/evaluate --ray [ADDRESS]`): one worker actor per model copy, built
+once, each handed one item (a prompt, a few episodes, or one agent on one prompt set) at a time; the driver merges
+the results by item into the same artefact the single-process path writes.
 
 Ray gives the cluster, the actors and the retries; what is written here is only the split and the merge, which no
 library does for these artefacts. Fault tolerance: the actors are created with ``max_restarts`` and
@@ -75,10 +75,13 @@ class InProcess:
     def call_one(self, method: str, *args):
         return getattr(self.obj, method)(*args)
 
-    def map(self, method: str, items: Iterable[int], on_result: Callable[[int, Any], None]) -> dict[int, Any]:
+    def map(self, method: str, items: Iterable[Any], on_result: Callable[[Any, Any], None],
+            keep: bool = True) -> dict[int, Any]:
         results: dict[int, Any] = {}
         for i in dict.fromkeys(items):
-            results[i] = value = getattr(self.obj, method)(i)
+            value = getattr(self.obj, method)(i)
+            if keep:
+                results[i] = value
             on_result(i, value)
         return results
 
@@ -128,15 +131,17 @@ class PromptPool:
         """The workers' process ids (the test kills one)."""
         return [self._get(a.pid.remote()) for a in self.actors]
 
-    def map(self, method: str, items: Iterable[int], on_result: Callable[[int, Any], None],
-            on_submit: Callable[[int, int], None] | None = None) -> dict[int, Any]:
+    def map(self, method: str, items: Iterable[Any], on_result: Callable[[Any, Any], None],
+            on_submit: Callable[[int, int], None] | None = None, keep: bool = True) -> dict[int, Any]:
         """Call ``method(i)`` for every ``i`` of ``items``, one in flight per worker, and ``on_result(i, result)`` as
         each finishes (in the driver, in completion order); ``on_submit(i, worker)`` as each is handed to a worker
-        (by its index in ``actors``). Returns ``{i: result}``; each ``i`` is accepted once."""
+        (by its index in ``actors``). Returns ``{i: result}`` (empty with ``keep=False``: ``on_result`` keeps what it
+        needs); each ``i`` is accepted once."""
         ray = self._ray
         todo = list(dict.fromkeys(items))[::-1]
         running: dict[Any, tuple[int, Any]] = {}
         results: dict[int, Any] = {}
+        seen: set[int] = set()
 
         def submit(actor) -> None:
             if todo:
@@ -151,8 +156,10 @@ class PromptPool:
             (ref,), _ = ray.wait(list(running), num_returns=1)
             i, actor = running.pop(ref)
             value = self._get(ref)
-            if i not in results:
-                results[i] = value
+            if i not in seen:
+                seen.add(i)
+                if keep:
+                    results[i] = value
                 on_result(i, value)
             submit(actor)
         return results

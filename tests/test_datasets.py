@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lede_env  # noqa: F401  (registers the ids)
-from agents.behaviour import check_recipe, collect_from_recipe, collect_recipe
+from agents.behaviour import check_recipe, collect_from_recipe, collect_recipe, make_recipe_behaviour
 from lede_env import datasets as lds
 from lede_env.datasets import collection
 from lede_env.datasets import DatasetMismatchError, Recipe, collect, load_offline_arrays, recompute_rewards
@@ -141,6 +141,61 @@ def test_collection_is_reproducible(tiny_setup, store):
     for name in ("observations", "actions", "rewards", "terminals", "timeouts"):
         np.testing.assert_array_equal(getattr(da, name), getattr(db, name))
     assert len(da) != len(dc) or not np.array_equal(da.actions, dc.actions)
+
+
+def dataset_arrays(ds) -> dict[str, np.ndarray]:
+    """Every array a dataset holds, by episode (observations, actions, rewards, terminations, truncations, infos,
+    the behaviour component): what two collections compare."""
+    out = {}
+    comps = ds.storage.get_episode_metadata(range(ds.total_episodes))
+    for ep, meta in zip(ds.iterate_episodes(), comps):
+        for name in ("observations", "actions", "rewards", "terminations", "truncations"):
+            out[f"{ep.id}/{name}"] = getattr(ep, name)
+        out.update({f"{ep.id}/infos/{k}": v for k, v in ep.infos.items()})
+        out[f"{ep.id}/component"] = np.array(meta["behaviour_component"])
+    return out
+
+
+def assert_same_data(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_episode_seeding_makes_every_episode_independent_of_the_others(tiny_setup, store):
+    """With behaviour_seeding = 'episode' an episode depends only on its own seeds: run alone, in another order, by
+    another copy of the behaviour, it is the same (what lets Ray workers collect episodes apart). The mixture holds
+    a heuristic whose counter runs across episodes (Hugging Face's) and one whose statistics do (UCB)."""
+    behaviour = {"kind": "mixture", "components": MIXTURE["components"] + [
+        {"kind": "zoo", "name": "hf-heuristic", "weight": 0.3}, {"kind": "zoo", "name": "ucb", "weight": 0.3}]}
+    r = check_recipe(recipe(tiny_setup, behaviour=behaviour, episodes=10, behaviour_seeding="episode"))
+    stored = dataset_arrays(collect_recipe(r, progress=False))
+    assert len({int(stored[f"{i}/component"]) for i in range(10)}) > 2
+    runner = collection._Episodes.build(r, lambda env: make_recipe_behaviour(r, env))
+    for i in [7, 3, 9, 0, 1, 2, 4, 5, 6, 8]:
+        buf, component, steps = runner.episode(i)
+        assert component == stored[f"{i}/component"] and steps == len(stored[f"{i}/actions"])
+        np.testing.assert_array_equal(buf.actions, stored[f"{i}/actions"])
+        np.testing.assert_array_equal(buf.observations, stored[f"{i}/observations"])
+        np.testing.assert_array_equal(buf.infos["accepted"], stored[f"{i}/infos/accepted"])
+    stream = dataset_arrays(collect_recipe(check_recipe(recipe(tiny_setup, behaviour=behaviour, episodes=10,
+                                                               version=1)), progress=False))
+    assert any(not np.array_equal(stream[f"{i}/actions"], stored[f"{i}/actions"]) for i in range(10))
+
+
+def test_ray_needs_episode_seeding_and_a_restart(tiny_setup, store):
+    with pytest.raises(ValueError, match="behaviour_seeding = \"episode\""):
+        collect_recipe(recipe(tiny_setup, episodes=2), progress=False, ray="local")
+
+    class Policy:       # no restart(seed)
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.array([0, 0]), state
+
+    with pytest.raises(TypeError, match="restart"):
+        collect(recipe(tiny_setup, episodes=2, behaviour_seeding="episode"), Policy(), progress=False)
+    assert leftovers(store) == []
+    with pytest.raises(ValueError, match="behaviour_seeding must be one of"):
+        recipe(tiny_setup, behaviour_seeding="per-episode")
 
 
 def test_progress_output_and_minari_cli(tiny_setup, store, capsys):

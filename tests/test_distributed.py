@@ -6,6 +6,7 @@ import json
 import os
 import signal
 
+import minari
 import numpy as np
 import pytest
 
@@ -110,6 +111,46 @@ def test_evaluate_over_ray_gives_the_single_process_rows(cluster):
         a, b = asdict(a), asdict(b)
         a.pop("predict_us"), b.pop("predict_us")
         assert a == b
+
+
+def test_collect_over_ray_writes_the_single_process_data(cluster, tiny_setup, tmp_path, monkeypatch):
+    """`lede collect --ray` with an episode-seeded recipe: the dataset holds the same arrays, episode by episode, as
+    the single-process collection (the episodes arrive in any order and are written in chunks of 3 here)."""
+    from typer.testing import CliRunner
+
+    from lede_env.cli import app
+    from lede_env.datasets import collection
+    from tests.test_datasets import assert_same_data, dataset_arrays, replay_recipe
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(collection, "_CHUNK_EPISODES", 3)
+    behaviour = """
+        [behaviour]
+        kind = "mixture"
+        [[behaviour.components]]
+        kind = "random"
+        [[behaviour.components]]
+        kind = "oracle"
+        epsilon = 0.3
+        [[behaviour.components]]
+        kind = "zoo"
+        name = "hf-heuristic"
+    """
+    datasets = {}
+    for version, ray_args in ((0, []), (1, ["--ray", "--workers", "2"])):
+        head = f"episodes = 11\nseed = 5\nversion = {version}\nbehaviour_seeding = \"episode\"\n"
+        path = replay_recipe(tmp_path / f"r{version}.toml", tiny_setup, head, behaviour)
+        result = CliRunner().invoke(app, ["collect", "--recipe", str(path)] + ray_args)
+        assert result.exit_code == 0, result.output
+        datasets[version] = minari.load_dataset(f"lede/tiny-random-prompts/mixture-v{version}")
+    assert datasets[1].total_episodes == 11
+    assert_same_data(dataset_arrays(datasets[0]), dataset_arrays(datasets[1]))
+
+    stream = replay_recipe(tmp_path / "stream.toml", tiny_setup, "episodes = 2\n", behaviour)
+    result = CliRunner().invoke(app, ["collect", "--recipe", str(stream), "--ray"])
+    assert result.exit_code != 0 and "behaviour_seeding" in result.output
+    result = CliRunner().invoke(app, ["collect", "--recipe", str(stream), "--workers", "2"])
+    assert result.exit_code == 2 and "only applies with --ray" in result.output
 
 
 def test_pool_errors_come_back_as_themselves(cluster):

@@ -15,6 +15,11 @@ is never half-published: one Ctrl-C stops the collection with the complete datas
 rename) or nothing under the id. A second Ctrl-C outside the writes raises at once (an escape hatch for a policy
 or environment step that hangs).
 
+Ray. With ``ray`` the episodes run on Ray workers (`lede_env.distributed.PromptPool`), a few per task, each worker
+with its own environment and behaviour; the driver appends them in episode order, so the dataset holds what a
+single-process collection writes. That needs a recipe whose episodes are independent (``behaviour_seeding =
+"episode"``: the behaviour's ``restart(seed)`` before every episode).
+
 Errors. An ``OSError`` while writing (a full disk, an HDF5 error) names the dataset's folder under the datasets
 root, never the hidden temporary one it was written in.
 
@@ -34,6 +39,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -43,12 +49,14 @@ from lede_env.datasets.metadata import FLOAT_KEYS, code_permalink, info_keys, le
 from lede_env.datasets.publish import (PARTIAL_PREFIX, check_writable, clean_stale, datasets_path, datasets_root,
                                        publish, temp_name)
 from lede_env.datasets.recipe import Recipe
+from lede_env.distributed import InProcess, PromptPool
 from lede_env.rollout import Episode, default_max_steps, rollout
 
 __all__ = ["collect", "episode_buffer"]
 
 _CHUNK_EPISODES = 256          # episodes buffered in memory before they are appended to the temporary dataset
 _MARKERS_ENV = "LEDE_COLLECT_MARKERS"
+_TASK_EPISODES = 32            # at most this many episodes per Ray task
 
 
 def _marker(text: str) -> None:
@@ -137,8 +145,49 @@ def episode_buffer(ep: Episode, keys: tuple[str, ...]):
                          truncations=ep.truncations.tolist(), infos=infos)
 
 
+class _Episodes:
+    """Runs episode ``i`` of a collection on an environment and a behaviour built once (in this process, or in a Ray
+    worker): its reset seed, and with per-episode behaviour seeding its restart. Returns the episode as Minari's
+    buffer, the acting mixture component (-1: none) and the number of steps."""
+
+    def __init__(self, env: gym.Env, agent, seeds: list[int], behaviour_seeds: list[int] | None, keys, max_steps,
+                 on_step=None, markers: bool = False):
+        self.env, self.agent, self.seeds, self.behaviour_seeds = env, agent, seeds, behaviour_seeds
+        self.keys, self.max_steps, self.on_step, self.markers = keys, max_steps, on_step, markers
+
+    @classmethod
+    def build(cls, recipe: Recipe, agent_factory) -> "_Episodes":
+        """A Ray worker's: the recipe's environment and ``agent_factory(env)``."""
+        env = recipe.make_env()
+        return cls(env, agent_factory(env), recipe.episode_seeds(), recipe.behaviour_seeds(), info_keys(env),
+                   default_max_steps(env))
+
+    def episodes(self, task: tuple[int, int]) -> list:
+        """`episode` of ``first`` ... ``first + count - 1`` for ``task = (first, count)``: a Ray task's share (fewer
+        round trips)."""
+        first, count = task
+        return [self.episode(i) for i in range(first, first + count)]
+
+    def episode(self, i: int):
+        if self.markers:
+            _marker(f"EPISODE {i}")
+        if self.behaviour_seeds is not None:
+            self.agent.restart(self.behaviour_seeds[i])
+        ep = rollout(self.env, self.agent, seed=self.seeds[i], deterministic=False, info_keys=self.keys,
+                     max_steps=self.max_steps, on_step=self.on_step)
+        component = getattr(self.agent, "component", None)
+        return episode_buffer(ep, self.keys), -1 if component is None else int(component), len(ep)
+
+
+def _check_restart(recipe: Recipe, agent) -> None:
+    if recipe.behaviour_seeding == "episode" and not callable(getattr(agent, "restart", None)):
+        raise TypeError(f"The recipe restarts its behaviour in every episode (behaviour_seeding = 'episode'), but "
+                        f"{agent!r} has no restart(seed) method (agents.base.Agent.restart): add one, or use "
+                        "behaviour_seeding = 'stream'.")
+
+
 def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None = None, overwrite: bool = False,
-            progress: bool = True):
+            progress: bool = True, ray: str | None = None, workers: int = 2, threads: int | None = None):
     """Collect ``recipe.episodes`` episodes acted by ``agent`` into a Minari dataset and return it
     (`minari.MinariDataset`). To collect a recipe with its own behaviour, use
     `agents.behaviour.collect_recipe` (it builds the agent, seeded with `Recipe.behaviour_seed`, and calls this).
@@ -155,6 +204,11 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
     ``dataset_id`` (default: the behaviour's ``kind``).
     ``overwrite``: replace an existing dataset with the same id (otherwise refuse with ``FileExistsError``).
     ``progress``: a progress bar, and a final line saying where the dataset was stored.
+    ``ray``: run the episodes on ``workers`` Ray workers (`lede_env.distributed.PromptPool`, a Ray address or
+    ``"local"``), each with its own environment and behaviour, built once, and ``threads`` torch threads (None: torch
+    left alone, right for a replay backend); the driver still makes one environment for the metadata (a live
+    backend loads the model there too). Needs ``behaviour_seeding = "episode"`` and ``agent`` as a function
+    ``env -> policy``; the dataset is the same, byte for byte in its data, as without Ray.
     The dataset appears under its id only when complete (module docstring of `lede_env.datasets`); on an
     interruption (Ctrl-C: one is enough, see this module's docstring) or error the partial data is removed, a
     message is printed to stderr and the exception propagates.
@@ -169,6 +223,14 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
         raise TypeError(f"agent must have a stable-baselines3 predict method, got {agent!r}.")
     if name is not None and (not isinstance(name, str) or not NAME_RE.fullmatch(name)):
         raise ValueError(f"name {name!r} may only hold letters, digits, '-' and '_'.")
+    if ray is not None:
+        if recipe.behaviour_seeding != "episode":
+            raise ValueError("This recipe seeds its behaviour once for all episodes (behaviour_seeding = 'stream', the "
+                             "default): its episodes must run in order, so they cannot be split over Ray workers. Add "
+                             "behaviour_seeding = \"episode\" to the recipe (a different dataset: every episode then "
+                             "restarts the behaviour with its own seed), or collect without --ray.")
+        if not factory:
+            raise TypeError("With ray, agent must be a function env -> policy (each worker builds its own).")
     root = datasets_root()
     markers = os.environ.get(_MARKERS_ENV) == "1"
     dataset_id = recipe.dataset_id_before_env(name)     # before a live environment loads the model
@@ -179,10 +241,12 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
         if dataset_id is None:
             dataset_id = recipe.resolve_dataset_id(env, name)
             final = check_writable(dataset_id, overwrite)
+        agent_factory = agent if factory else None
         if factory:
             agent = agent(env)
             if not callable(getattr(agent, "predict", None)):
                 raise TypeError(f"the agent factory must return a policy with a predict method, got {agent!r}.")
+        _check_restart(recipe, agent)
         seeds = recipe.episode_seeds()
         keys = info_keys(env)
         max_steps = default_max_steps(env)
@@ -206,25 +270,35 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
             t0 = time.perf_counter()
             bar = tqdm(total=recipe.episodes, desc=f"collecting {dataset_id}", unit="ep", disable=not progress,
                        dynamic_ncols=True)
+            pool = None
             try:
                 dataset = None
                 buffer: list = []
                 components: list[int] = []
-                after_step = lambda i, info: interrupts.check()  # noqa: E731
-                for i, seed in enumerate(seeds):
-                    interrupts.check()
-                    if markers:
-                        _marker(f"EPISODE {i}")
-                    ep = rollout(env, agent, seed=seed, deterministic=False, info_keys=keys, max_steps=max_steps,
-                                 on_step=after_step)
-                    component = getattr(agent, "component", None)
-                    buffer.append(episode_buffer(ep, keys))
-                    components.append(-1 if component is None else int(component))
-                    done, steps = i + 1, steps + len(ep)
+                arrived: dict[int, tuple] = {}       # finished episodes not yet appended (Ray: any order)
+                if ray is None:
+                    after_step = lambda i, info: interrupts.check()  # noqa: E731
+                    runner = _Episodes(env, agent, seeds, recipe.behaviour_seeds(), keys, max_steps, after_step,
+                                       markers)
+                    pool = InProcess(lambda: runner)
+                else:
+                    pool = PromptPool(partial(_Episodes.build, recipe, agent_factory), workers=workers,
+                                      address=ray, threads=threads)
+
+                def on_result(i: int, result) -> None:
+                    nonlocal dataset, buffer, components, done, steps
+                    arrived[i] = result
+                    steps += result[2]
                     bar.update(1)
-                    rate = steps / (time.perf_counter() - t0)
-                    bar.set_postfix(steps=steps, steps_per_s=f"{rate:.0f}", refresh=False)
-                    if len(buffer) >= _CHUNK_EPISODES or done == recipe.episodes:
+                    bar.set_postfix(steps=steps, steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}",
+                                    refresh=False)
+                    interrupts.check()
+                    while done in arrived:           # the episodes in order, as far as they have arrived
+                        buf, component, _ = arrived.pop(done)
+                        buffer.append(buf)
+                        components.append(component)
+                        done += 1
+                    if buffer and (len(buffer) >= _CHUNK_EPISODES or done == recipe.episodes):
                         interrupts.check()
                         if markers:
                             _marker("WRITE")
@@ -246,6 +320,16 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
                             dataset.storage.update_episode_metadata(
                                 [{"behaviour_component": c} for c in components], range(first, done))
                         buffer, components = [], []
+
+                if ray is None:
+                    pool.map("episode", range(recipe.episodes), on_result, keep=False)
+                else:         # tasks of a few episodes each: a replay episode takes milliseconds, a round trip one
+                    share = max(1, min(_TASK_EPISODES, recipe.episodes // (8 * workers)))
+                    pool.map("episodes", [(first, min(share, recipe.episodes - first))
+                                          for first in range(0, recipe.episodes, share)],
+                             lambda task, results: [on_result(task[0] + j, r) for j, r in enumerate(results)],
+                             keep=False)
+                pool.close()
                 seconds = time.perf_counter() - t0
                 interrupts.check()
                 with interrupts.critical():
@@ -273,6 +357,8 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
                 raise
             finally:
                 with interrupts.critical():
+                    if pool is not None:
+                        pool.close()
                     shutil.rmtree(tmp, ignore_errors=True)
             if own_env:
                 env.close()

@@ -17,7 +17,9 @@ import numpy as np
 
 from lede_env.datasets.ids import NAME_RE, check_dataset_id, dataset_id_for, dataset_id_from
 
-__all__ = ["Recipe"]
+__all__ = ["Recipe", "SEEDINGS"]
+
+SEEDINGS = ("stream", "episode")     # Recipe.behaviour_seeding
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,12 @@ class Recipe:
     builds the agent), ``episodes``, ``seed``; ``dataset_id`` (default
     ``lede/<model>-<promptset>/<name>-v<version>``, with ``name`` defaulting to the behaviour's short name);
     ``env_id`` (``"LEDE-v0"``, or ``"LEDE-WallClock-v0"`` for measured costs); ``author``, ``author_email``,
-    ``description``, ``code_permalink`` (default: the git commit of this checkout). Relative paths in ``env``
+    ``description``, ``code_permalink`` (default: the git commit of this checkout); ``behaviour_seeding``:
+    ``"stream"`` (the default, what every recipe written before it had: the behaviour is seeded once, with
+    `behaviour_seed`, and its generators and any statistics run on from one episode to the next, so the episodes can
+    only be collected in order) or ``"episode"`` (before episode ``i`` the behaviour is restarted with
+    ``behaviour_seeds()[i]``: every episode depends only on its own seeds, and `lede collect --ray` can split them
+    over workers; the dataset differs from the stream one). Relative paths in ``env``
     (traces, profile) are relative to the working directory: run collections from the repository root.
     """
 
@@ -45,6 +52,7 @@ class Recipe:
     author_email: str | None = None
     description: str | None = None
     code_permalink: str | None = None
+    behaviour_seeding: str = "stream"
     source: str | None = field(default=None, compare=False)   # the TOML file it came from, if any
 
     def __post_init__(self) -> None:
@@ -86,6 +94,8 @@ class Recipe:
             raise ValueError(f"Recipe name {self.name!r} may only hold letters, digits, '-' and '_'.")
         if self.dataset_id is not None:
             check_dataset_id(self.dataset_id)
+        if self.behaviour_seeding not in SEEDINGS:
+            raise ValueError(f"Recipe behaviour_seeding must be one of {SEEDINGS}, got {self.behaviour_seeding!r}.")
         for name in ("author", "author_email", "description", "code_permalink"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -176,3 +186,10 @@ class Recipe:
     def behaviour_seed(self) -> int:
         """The seed of the behaviour policy's generators (a child of ``seed``, independent of the resets)."""
         return int(np.random.SeedSequence(self.seed).spawn(2)[1].generate_state(1)[0])
+
+    def behaviour_seeds(self) -> list[int] | None:
+        """With ``behaviour_seeding = "episode"``, the seed the behaviour restarts from before each episode
+        (children of `behaviour_seed`); ``None`` with ``"stream"``."""
+        if self.behaviour_seeding != "episode":
+            return None
+        return [int(s) for s in np.random.SeedSequence(self.behaviour_seed).generate_state(self.episodes)]

@@ -148,6 +148,27 @@ def test_make_behaviour_builds_and_seeds(replay_files):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
+STATEFUL = [{"kind": "random"}, {"kind": "oracle", "epsilon": 0.5}, {"kind": "zoo", "name": "hf-heuristic"},
+            {"kind": "zoo", "name": "swift"}, {"kind": "zoo", "name": "ucb"}, {"kind": "zoo", "name": "del"}]
+
+
+@pytest.mark.parametrize("spec", STATEFUL + [{"kind": "mixture", "components": STATEFUL}],
+                         ids=lambda s: s.get("name", s["kind"]))
+def test_restart_acts_as_a_fresh_build(tmp_path, spec):
+    """``restart(seed)`` (what an episode-seeded recipe calls before every episode) forgets the generators' state and
+    what carries across episodes: the agent then plays as `make_behaviour` builds it with that seed."""
+    rng = np.random.default_rng(1)        # traces that agree little: Hugging Face's counter falls from 20 to 1
+    files = write_replay_files(tmp_path, [synthetic_trace(i, 30, (0.1, 0.2, 0.4), rng) for i in range(5)])
+    env = make_env(files, spec_lengths=tuple(range(8)))    # the longest the profile covers
+    used = make_behaviour(spec, env, seed=0)
+    for i in range(5):
+        play(env, used, i, deterministic=False)
+    for s in (7, 8):
+        used.restart(s)
+        fresh = make_behaviour(spec, env, seed=s)
+        assert [play(env, used, i, False)[1] for i in range(4)] == [play(env, fresh, i, False)[1] for i in range(4)]
+
+
 def test_specs_names_save_load(replay_files, tmp_path):
     env = make_env(replay_files)
     for bad, match in [({"kind": "magic"}, "Unknown behaviour kind"), ({}, "kind"),
