@@ -437,10 +437,21 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
           dtype: str = typer.Option("float32", help="Model dtype: float32 or bfloat16."),
           heads: str = typer.Option("default", help="Exit heads of our methods: default, identity or a path."),
           out: Optional[str] = typer.Option(None, help="Results folder (default: results/bench-<time>)."),
-          progress: bool = typer.Option(True, help="Progress bars on stderr.")) -> None:
+          progress: bool = typer.Option(True, help="Progress bars on stderr."),
+          ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                            help="Split each prompt set by prompt over Ray workers, each timing every "
+                                                 "method on its prompt: --ray alone starts a one-machine cluster "
+                                                 "(its workers share this machine's cores and memory), --ray ADDRESS "
+                                                 "joins one."),
+          workers: Optional[int] = typer.Option(None, min=1, help="Ray workers (one model each), with --ray "
+                                                                  "(default 2)."),
+          worker_threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per Ray worker, with --ray "
+                                                                         "(default 1; --threads is then unused).")
+          ) -> None:
     """Live wall-clock speedups of every method on the real model, interleaved prompt by prompt: plain greedy,
     model.generate, Hugging Face's assistant_early_exit schedules, best static, the zoo's heuristics, the best
     stable-baselines3 agent and LEDE; a table, results.json, results.md and plots in --out."""
+    _check_ray(ray, workers=workers, worker_threads=worker_threads)
     _check_model(model)
     _check_dtype(dtype)
     _check_heads(heads)
@@ -471,7 +482,7 @@ def bench(prompts: str = typer.Option("mixed:test,humaneval:test", help="Comma-s
 
     from lede_env.bench.run import run_bench
 
-    result = run_bench(config, progress=progress)
+    result = run_bench(config, progress=progress, ray=ray, workers=workers or 2, threads=worker_threads or 1)
     console = Console(highlight=False, width=max(160, Console().width))
     for table in result.tables():
         console.print(table)

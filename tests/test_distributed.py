@@ -153,6 +153,30 @@ def test_collect_over_ray_writes_the_single_process_data(cluster, tiny_setup, tm
     assert result.exit_code == 2 and "only applies with --ray" in result.output
 
 
+TIMED = {"tokens_per_s", "speedup", "spread", "round_range", "aggregate", "per_prompt", "predict_us"}
+
+
+def test_bench_over_ray_gives_the_single_process_rows_but_the_clock(cluster, tiny_setup):
+    """`run_bench` split by prompt over 2 workers: the same methods, and in every row the same outputs (exact against
+    plain greedy), passes, exits, lengths, acceptance and modelled costs as one process; only the timings differ."""
+    from dataclasses import asdict
+
+    from lede_env.bench import run_bench
+    from tests.bench.test_bench import tiny_config
+
+    config = tiny_config(tiny_setup, limit=4, repeats=1)
+    one = run_bench(config, progress=False)
+    many = run_bench(config, progress=False, ray="local", workers=2, threads=1)
+    assert many.meta["ray"] == {"address": "local", "workers": 2, "worker_threads": 1}
+    a, b = one.sets[0], many.sets[0]
+    assert [r.method for r in b.rows] == [r.method for r in a.rows] and len(a.rows) == 9
+    assert a.oracle == b.oracle
+    for x, y in zip(a.rows, b.rows):
+        assert y.exact == y.prompts == 4, y.method
+        assert {k: v for k, v in asdict(x).items() if k not in TIMED} == \
+            {k: v for k, v in asdict(y).items() if k not in TIMED}, x.method
+
+
 def test_pool_errors_come_back_as_themselves(cluster):
     with pytest.raises(ValueError, match="could not start: ValueError: invalid literal"):
         PromptPool(functools.partial(int, "not a number"), workers=1).call_one("bit_length")

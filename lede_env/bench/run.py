@@ -18,6 +18,10 @@ For each prompt set, in one run over one loaded model:
      per prompt), the latency profile's price of the steps taken, and the oracle's modelled speedup per prompt (the
      hindsight optimum on the prompt's replay trace) beside it.
 
+With ``ray`` (`lede bench --ray`) each prompt set is split by prompt over Ray workers, one model each (`_Bench`, what
+one process holds too): a worker runs steps 3-4 on its prompt, its rounds back to back, and the driver merges the
+runs into the same rows (`run_bench`).
+
 Under ``temperature > 0`` every method samples (our engine by speculative sampling, whose output distribution is the
 full model's: ``tests/engine/test_decoder.py`` tests it; transformers by its own), exactness is distributional and
 not counted, and the oracle (greedy traces) is left out.
@@ -155,53 +159,68 @@ def _train_split(name: str) -> str | None:
     return f"{base}:train" if split in ("train", "test") else None
 
 
-def run_bench(config: BenchConfig, progress: bool = True):
-    """Run the benchmark of `config` (module docstring) and return its `lede_env.bench.report.BenchResult`."""
-    import torch
-    import transformers
-    from tqdm import tqdm
+def _order(methods: list, r: int, i: int, count: int) -> list:
+    """The methods' order on prompt ``i`` of round ``r``: rotated by one on every prompt, reversed on every other."""
+    shift = (r * count + i) % len(methods)
+    order = methods[shift:] + methods[:shift]
+    return order if (r + i) % 2 == 0 else order[::-1]
 
-    from agents.evaluation import AgentSpec, build_agent, resolve_agents, resolve_prompt_sets
-    from agents.zoo import ZooContext
-    from lede_env.bench.methods import AgentMethod, HFGenerate, PlainGreedy
-    from lede_env.bench.report import BenchResult, summarise
-    from lede_env.engine.limits import check_layer_range
-    from lede_env.engine.profile import cpu_signature
-    from lede_env.env import LEDEEnv
-    from lede_env.models import load_model
-    from lede_env.prompts import encode_prompt, load_prompts
 
-    specs = resolve_agents(config.agents) if config.agents else []
-    sets = resolve_prompt_sets(config.prompts, config.traces, config.train_traces)
-    torch.set_num_threads(config.threads)
-    t_start = time.time()
-    load_start = os.getloadavg()
-    dtype = config.env.get("dtype", "float32")
-    loaded = load_model(config.model, dtype=dtype, device=config.env.get("device", "cpu"))
-    model, tok = loaded
-    N = model.config.num_hidden_layers
-    if config.hf_exit is not None:
-        check_layer_range((config.hf_exit,), N, "hf_exit", config.model)
-    hf_exits = config.hf_exits or tuple(range(4, N, 4))
-    check_layer_range(hf_exits, N, "hf_exits", config.model)
-    sampling = config.sampling
-    base_kw: dict[str, Any] = {"stop_rules": "default", **config.env, "model": config.model, "backend": "live",
-                               "max_new_tokens": config.max_new_tokens, "threads": config.threads,
-                               "text_in_info": False, "temperature": sampling.temperature, "top_p": sampling.top_p}
-    results, hf_fits = [], {}
-    made: list = []
-    for ps in sets:
+class _Bench:
+    """The model and, per prompt set, its environments and methods (built once, on first use): what one process, or one
+    Ray worker, of `run_bench` holds."""
+
+    def __init__(self, config: BenchConfig, threads: int | None = None, progress: bool = False):
+        import torch
+
+        from agents.evaluation import resolve_agents, resolve_prompt_sets
+        from lede_env.engine.limits import check_layer_range
+        from lede_env.models import load_model
+
+        self.config, self.progress = config, progress
+        self.specs = resolve_agents(config.agents) if config.agents else []
+        self.prompt_sets = resolve_prompt_sets(config.prompts, config.traces, config.train_traces)
+        self.threads = threads or config.threads
+        torch.set_num_threads(self.threads)
+        self.loaded = load_model(config.model, dtype=config.env.get("dtype", "float32"),
+                                 device=config.env.get("device", "cpu"))
+        N = self.loaded[0].config.num_hidden_layers
+        if config.hf_exit is not None:
+            check_layer_range((config.hf_exit,), N, "hf_exit", config.model)
+        self.hf_exits = config.hf_exits or tuple(range(4, N, 4))
+        check_layer_range(self.hf_exits, N, "hf_exits", config.model)
+        self.made: list = []            # every environment, closed by `close`
+        self._sets: dict[int, dict] = {}
+
+    def prompt_set(self, k: int, hf_choice: tuple[int, int] | None = None) -> dict:
+        """Prompt set ``k``'s ``methods`` (plain greedy first), ``main`` environment, ``count`` of prompts, ``oracle``
+        per prompt and its ``note``, ``hf_fit`` (the search's table, when it ran) and ``hf_choice`` (its exit and
+        length; ``hf_choice`` given: used without a search)."""
+        if k in self._sets:
+            return self._sets[k]
+        from agents.evaluation import AgentSpec, build_agent
+        from agents.zoo import ZooContext
+        from lede_env.bench.methods import AgentMethod, HFGenerate, PlainGreedy
+        from lede_env.env import LEDEEnv
+        from lede_env.prompts import encode_prompt, load_prompts
+
+        config, ps = self.config, self.prompt_sets[k]
+        model, tok = self.loaded
+        sampling = config.sampling
+        base_kw: dict[str, Any] = {"stop_rules": "default", **config.env, "model": config.model, "backend": "live",
+                                   "max_new_tokens": config.max_new_tokens, "threads": self.threads,
+                                   "text_in_info": False, "temperature": sampling.temperature, "top_p": sampling.top_p}
         envs: dict[tuple, Any] = {}
 
-        def env_for(spec: AgentSpec, envs=envs, name=ps.name):
+        def env_for(spec: AgentSpec):
             key = spec.env_key
             if key not in envs:
-                kw = dict(base_kw, prompts=name)
+                kw = dict(base_kw, prompts=ps.name)
                 if key:
                     kw.update(exit_layers=list(key[0]), spec_lengths=list(key[1]),
                               stop_rules=None if key[2] is None else list(key[2]))
-                envs[key] = LEDEEnv(loaded=loaded, **kw)
-                made.append(envs[key])
+                envs[key] = LEDEEnv(loaded=self.loaded, **kw)
+                self.made.append(envs[key])
             return envs[key]
 
         main = env_for(AgentSpec(label="", source="", kind=""))
@@ -210,8 +229,9 @@ def run_bench(config: BenchConfig, progress: bool = True):
         ctx = ZooContext.from_traces(main, ps.train_traces) if ps.train_traces else ZooContext()
         methods: list = [PlainGreedy(main.backend.decoder, ids, config.max_new_tokens, c_ar=main.c_ar),
                          HFGenerate(model, ids, config.max_new_tokens, sampling, eos_token_id=tok.eos_token_id)]
+        hf_fit = None
         if config.hf:
-            L, n = config.hf_exit, config.hf_length
+            L, n = hf_choice or (config.hf_exit, config.hf_length)
             if L is None or n is None:
                 train = _train_split(ps.name)
                 if train is None:
@@ -219,46 +239,148 @@ def run_bench(config: BenchConfig, progress: bool = True):
                                      "and hf_length (--hf-exit, --hf-length), or leave Hugging Face out (--no-hf).")
                 texts = [p.text for p in load_prompts(train)[: config.hf_train_prompts]]
                 train_ids = [encode_prompt(tok, t, main.config.chat_template) for t in texts]
-                L, n, table = fit_hf_exit(model, train_ids, (L,) if L is not None else hf_exits,
+                L, n, table = fit_hf_exit(model, train_ids, (L,) if L is not None else self.hf_exits,
                                           (n,) if n is not None else HF_LENGTHS, config.hf_train_tokens,
-                                          tok.eos_token_id, progress)
-                hf_fits[ps.name] = {"prompts": train, "count": len(train_ids), "tokens": config.hf_train_tokens,
-                                    "chosen": {"exit": L, "n": n}, "table": table}
+                                          tok.eos_token_id, self.progress)
+                hf_fit = {"prompts": train, "count": len(train_ids), "tokens": config.hf_train_tokens,
+                          "chosen": {"exit": L, "n": n}, "table": table}
+            hf_choice = (L, n)
             for schedule in ("constant", "heuristic", "dynamic"):
                 methods.append(HFGenerate(model, ids, config.max_new_tokens, sampling, early_exit=L, schedule=schedule,
                                           num_assistant_tokens=None if schedule == "dynamic" else n,
                                           eos_token_id=tok.eos_token_id))
-        for spec in specs:
+        for spec in self.specs:
             env = env_for(spec)
             methods.append(AgentMethod(env, build_agent(spec, env, ps, ctx), spec.label))
         oracle, note = _oracle_per_prompt(ps, main, count, config)
+        self._sets[k] = dict(methods=methods, main=main, count=count, oracle=oracle, note=note, hf_fit=hf_fit,
+                             hf_choice=hf_choice, warm=False)
+        return self._sets[k]
 
-        runs: dict[str, list[list]] = {m.name: [[] for _ in range(count)] for m in methods}
-        total = len(methods) * (config.warmup + config.repeats * count)
-        with tqdm(total=total, desc=f"bench {ps.name}", unit="run", disable=not progress, dynamic_ncols=True) as bar:
-            for _ in range(config.warmup):
+    def describe(self, k: int) -> dict:
+        """What the driver of a Ray bench needs of set ``k`` (built here, Hugging Face's setting searched if needed):
+        the methods' names and families, the prompt count, the oracle, ``c_ar``, the HF search and choice, and the
+        engine's description for the metadata."""
+        s = self.prompt_set(k)
+        return dict(methods=[(m.name, m.family) for m in s["methods"]], count=s["count"], oracle=s["oracle"],
+                    note=s["note"], c_ar=s["main"].c_ar, hf_fit=s["hf_fit"], hf_choice=s["hf_choice"],
+                    engine=self.engine())
+
+    def engine(self) -> dict:
+        e = self.made[0] if self.made else None
+        from lede_env.engine.profile import cpu_signature
+
+        return {"engine_path": e.backend.decoder.path if e else None, "exit_heads": e.heads_kind if e else None,
+                "profile": str(e.profile.key) if e else None, "cpu": cpu_signature()}
+
+    def prompt(self, task: tuple[int, int, tuple[int, int] | None]) -> dict[str, list]:
+        """A Ray task ``(set, prompt, hf_choice)``: the set's warm-up (once per worker: ``warmup`` runs of every method
+        on the set's first prompt), then ``repeats`` rounds of every method on the prompt, the order rotated and
+        reversed as in one process (module docstring). Returns ``{method: [Run per round]}``."""
+        k, i, hf_choice = task
+        s = self.prompt_set(k, hf_choice)
+        methods, count = s["methods"], s["count"]
+        if not s["warm"]:
+            for _ in range(self.config.warmup):
                 for m in methods:
                     m.run(0)
-                    bar.update(1)
-            M = len(methods)
-            for r in range(config.repeats):
-                for i in range(count):
-                    shift = (r * count + i) % M
-                    order = methods[shift:] + methods[:shift]
-                    for m in (order if (r + i) % 2 == 0 else order[::-1]):
-                        bar.set_postfix_str(m.name[:24])
-                        runs[m.name][i].append(m.run(i))
+            s["warm"] = True
+        runs: dict[str, list] = {m.name: [] for m in methods}
+        for r in range(self.config.repeats):
+            for m in _order(methods, r, i, count):
+                runs[m.name].append(m.run(i))
+        return runs
+
+    def close(self) -> None:
+        for env in self.made:
+            env.close()
+        self.made = []
+
+
+def run_bench(config: BenchConfig, progress: bool = True, ray: str | None = None, workers: int = 2,
+              threads: int = 1):
+    """Run the benchmark of `config` (module docstring) and return its `lede_env.bench.report.BenchResult`.
+
+    ``ray``: split every prompt set by prompt over ``workers`` Ray workers (`lede_env.distributed.PromptPool`; a Ray
+    address or ``"local"``) of ``threads`` torch threads each, every one with its own model: a worker runs all the
+    methods on its prompt, interleaved as here, so each speedup is a ratio taken on one worker; Hugging Face's
+    setting is searched once, on the first worker. The rounds of a prompt then run back to back (here: a round over
+    all the prompts at a time), and agents that carry statistics across episodes (UCB, SWIFT, Hugging Face's
+    heuristic) see only their worker's prompts. Workers sharing a machine share its memory bandwidth: time on
+    machines of their own."""
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    from lede_env.bench.report import BenchResult, summarise
+
+    t_start = time.time()
+    load_start = os.getloadavg()
+    results, hf_fits = [], {}
+    if ray is None:
+        bench = _Bench(config, progress=progress)
+        try:
+            for k, ps in enumerate(bench.prompt_sets):
+                s = bench.prompt_set(k)
+                methods, count = s["methods"], s["count"]
+                if s["hf_fit"]:
+                    hf_fits[ps.name] = s["hf_fit"]
+                runs: dict[str, list[list]] = {m.name: [[] for _ in range(count)] for m in methods}
+                total = len(methods) * (config.warmup + config.repeats * count)
+                with tqdm(total=total, desc=f"bench {ps.name}", unit="run", disable=not progress,
+                          dynamic_ncols=True) as bar:
+                    for _ in range(config.warmup):
+                        for m in methods:
+                            m.run(0)
+                            bar.update(1)
+                    for r in range(config.repeats):
+                        for i in range(count):
+                            for m in _order(methods, r, i, count):
+                                bar.set_postfix_str(m.name[:24])
+                                runs[m.name][i].append(m.run(i))
+                                bar.update(1)
+                results.append(summarise(ps.name, methods, runs, s["oracle"], c_ar=s["main"].c_ar,
+                                         greedy=config.sampling.greedy, note=s["note"]))
+            engine = bench.engine()
+        finally:
+            bench.close()
+    else:
+        from functools import partial
+        from types import SimpleNamespace
+
+        from agents.evaluation import resolve_prompt_sets
+        from lede_env.distributed import PromptPool
+
+        sets = resolve_prompt_sets(config.prompts, config.traces, config.train_traces)
+        pool = PromptPool(partial(_Bench, config, threads), workers=workers, address=ray, threads=threads)
+        try:
+            for k, ps in enumerate(sets):
+                d = pool.call_one("describe", k)
+                if d["hf_fit"]:
+                    hf_fits[ps.name] = d["hf_fit"]
+                methods = [SimpleNamespace(name=name, family=family) for name, family in d["methods"]]
+                runs = {m.name: [None] * d["count"] for m in methods}
+                with tqdm(total=d["count"], desc=f"bench {ps.name} on {workers} Ray workers", unit="prompt",
+                          disable=not progress, dynamic_ncols=True) as bar:
+                    def on_result(task, value) -> None:
+                        for name, rounds in value.items():
+                            runs[name][task[1]] = rounds
                         bar.update(1)
-        results.append(summarise(ps.name, methods, runs, oracle, c_ar=main.c_ar, greedy=sampling.greedy, note=note))
-    for env in made:
-        env.close()
-    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": config.model, "threads": config.threads,
-            "engine_path": made[0].backend.decoder.path if made else None,
-            "exit_heads": made[0].heads_kind if made else None, "profile": str(made[0].profile.key) if made else None,
+
+                    pool.map("prompt", [(k, i, d["hf_choice"]) for i in range(d["count"])], on_result, keep=False)
+                results.append(summarise(ps.name, methods, runs, d["oracle"], c_ar=d["c_ar"],
+                                         greedy=config.sampling.greedy, note=d["note"]))
+                engine = d["engine"]
+        finally:
+            pool.close()
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": config.model,
+            "threads": config.threads if ray is None else threads, **engine,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
             "hf_fits": hf_fits, "seconds": round(time.time() - t_start, 1),
             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_signature()}
+            "torch": torch.__version__, "transformers": transformers.__version__}
+    if ray is not None:
+        meta["ray"] = {"address": ray, "workers": workers, "worker_threads": threads}
     return BenchResult(sets=results, meta=meta)
 
 

@@ -201,5 +201,17 @@ def find_profile(model: str, dtype: str = "float32", device: str = "cpu", thread
         if (folder / f"{key}.json").is_file():
             return LatencyProfile.load(folder / f"{key}.json")
     raise FileNotFoundError(f"No latency profile for {key}. Measure one with `lede profile --model {model} "
-                            f"--dtype {dtype} --threads {threads} --path {path} --heads {exit_heads}` (about a minute), or pass "
-                            "cost_model='wallclock'.")
+                            f"--dtype {dtype} --threads {threads} --path {path} --heads {_heads_option(model, exit_heads)}"
+                            "` (about a minute), or pass cost_model='wallclock'.")
+
+
+def _heads_option(model: str, label: str) -> str:
+    """What `lede profile --heads` takes for heads with this label: identity, default (the model's shipped heads)
+    or a placeholder for their folder."""
+    from lede_env.defaults import model_defaults
+
+    if label == "identity":
+        return "identity"
+    if model_defaults(model).get("heads_label") == label:
+        return "default"
+    return f"<the folder of the {label} heads>"

@@ -107,3 +107,17 @@ def test_components_are_timed_interleaved():
     assert calls == ["a", "b", "c"] * 4
     assert set(out) == {"a", "b", "c"} and all(v >= 0 for v in out.values())
     assert len(syncs) == 2 * 12                      # before and after every timed call
+
+
+def test_a_missing_profile_names_the_command_that_measures_it(tmp_path, monkeypatch):
+    """The command in the message is one `lede profile` accepts: its --heads takes identity, default or a folder,
+    never the heads' label."""
+    from lede_env.engine import profile as profile_module
+
+    monkeypatch.setattr(profile_module, "artifacts_dir", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"--threads 7 --path fast --heads default` \(about a minute\)"):
+        profile_module.find_profile("smollm2-135m", threads=7, path="fast", exit_heads="eagle+vocab")
+    with pytest.raises(FileNotFoundError, match=r"--heads identity`"):
+        profile_module.find_profile("tiny-random", threads=7, path="fast", exit_heads="identity")
+    with pytest.raises(FileNotFoundError, match=r"--heads <the folder of the kl heads>`"):
+        profile_module.find_profile("smollm2-135m", threads=7, path="fast", exit_heads="kl")
