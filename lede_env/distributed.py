@@ -1,5 +1,5 @@
-"""Work split over Ray (`lede trace/collect/evaluate --ray [ADDRESS]`): one worker actor per model copy, built
-once, each handed one item (a prompt, a few episodes, or one agent on one prompt set) at a time; the driver merges
+"""Work split over Ray (`lede trace/collect/evaluate/bench --ray [ADDRESS]`): one worker actor per model copy, built
+once, each handed one item (a prompt, a few episodes, one agent on one prompt set) at a time; the driver merges
 the results by item into the same artefact the single-process path writes.
 
 Ray gives the cluster, the actors and the retries; what is written here is only the split and the merge, which no

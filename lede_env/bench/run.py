@@ -273,6 +273,17 @@ class _Bench:
         return {"engine_path": e.backend.decoder.path if e else None, "exit_heads": e.heads_kind if e else None,
                 "profile": str(e.profile.key) if e else None, "cpu": cpu_signature()}
 
+    def warm_up(self, k: int, on_run=None) -> None:
+        """``warmup`` untimed runs of every method of set ``k`` on its first prompt, once; ``on_run()`` after each."""
+        s = self.prompt_set(k)
+        if not s["warm"]:
+            for _ in range(self.config.warmup):
+                for m in s["methods"]:
+                    m.run(0)
+                    if on_run is not None:
+                        on_run()
+            s["warm"] = True
+
     def prompt(self, task: tuple[int, int, tuple[int, int] | None]) -> dict[str, list]:
         """A Ray task ``(set, prompt, hf_choice)``: the set's warm-up (once per worker: ``warmup`` runs of every method
         on the set's first prompt), then ``repeats`` rounds of every method on the prompt, the order rotated and
@@ -280,11 +291,7 @@ class _Bench:
         k, i, hf_choice = task
         s = self.prompt_set(k, hf_choice)
         methods, count = s["methods"], s["count"]
-        if not s["warm"]:
-            for _ in range(self.config.warmup):
-                for m in methods:
-                    m.run(0)
-            s["warm"] = True
+        self.warm_up(k)
         runs: dict[str, list] = {m.name: [] for m in methods}
         for r in range(self.config.repeats):
             for m in _order(methods, r, i, count):
@@ -329,10 +336,7 @@ def run_bench(config: BenchConfig, progress: bool = True, ray: str | None = None
                 total = len(methods) * (config.warmup + config.repeats * count)
                 with tqdm(total=total, desc=f"bench {ps.name}", unit="run", disable=not progress,
                           dynamic_ncols=True) as bar:
-                    for _ in range(config.warmup):
-                        for m in methods:
-                            m.run(0)
-                            bar.update(1)
+                    bench.warm_up(k, on_run=lambda: bar.update(1))
                     for r in range(config.repeats):
                         for i in range(count):
                             for m in _order(methods, r, i, count):

@@ -164,7 +164,7 @@ class _Episodes:
 
     def episodes(self, task: tuple[int, int]) -> list:
         """`episode` of ``first`` ... ``first + count - 1`` for ``task = (first, count)``: a Ray task's share (fewer
-        round trips)."""
+        round trips; one episode in this process)."""
         first, count = task
         return [self.episode(i) for i in range(first, first + count)]
 
@@ -321,15 +321,12 @@ def collect(recipe: Recipe, agent, env: gym.Env | None = None, name: str | None 
                                 [{"behaviour_component": c} for c in components], range(first, done))
                         buffer, components = [], []
 
-                if ray is None:
-                    pool.map("episode", range(recipe.episodes), on_result, keep=False)
-                else:         # tasks of a few episodes each: a replay episode takes milliseconds, a round trip one
-                    share = max(1, min(_TASK_EPISODES, recipe.episodes // (8 * workers)))
-                    pool.map("episodes", [(first, min(share, recipe.episodes - first))
-                                          for first in range(0, recipe.episodes, share)],
-                             lambda task, results: [on_result(task[0] + j, r) for j, r in enumerate(results)],
-                             keep=False)
-                pool.close()
+                # on Ray, tasks of a few episodes each: a replay episode takes milliseconds, a round trip one
+                share = 1 if ray is None else max(1, min(_TASK_EPISODES, recipe.episodes // (8 * workers)))
+                pool.map("episodes", [(first, min(share, recipe.episodes - first))
+                                      for first in range(0, recipe.episodes, share)],
+                         lambda task, results: [on_result(task[0] + j, r) for j, r in enumerate(results)],
+                         keep=False)
                 seconds = time.perf_counter() - t0
                 interrupts.check()
                 with interrupts.critical():
